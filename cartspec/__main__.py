@@ -1,0 +1,3 @@
+from cartspec.cli import main
+
+main()

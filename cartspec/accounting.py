@@ -1,0 +1,108 @@
+"""Parameter and FLOP accounting, read off the graph (no torch).
+
+- stored: unique parameters; a sharing group counts once. Buffers are not parameters.
+- effective: sum over sharing groups of size x calls in one forward pass, i.e. the size of the
+  equivalent unrolled network. A tied head reads the embedding table but is no second call.
+- effective (paper): the CART author's ``count_parameters()``: token-mixing blocks (layers,
+  core, anchor) count once per call; loop control (gate, state mix, loop embedding), norms and
+  embeddings once.
+- forward FLOPs per sequence, the paper's way: 2 x non-embedding effective (paper) x T
+  + 4 x attention uses x T^2 x d; the head's 2 x V x d per token is reported on its own.
+  Training = 3 x forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cartspec.graph import ModelGraph
+
+EMBEDDING_KINDS = ("embedding", "head")
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    name: str
+    stored: int
+    uses: int
+    effective: int
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    name: str
+    owner: str
+    members: list[str]
+    stored: int
+    uses: int
+    effective: int
+
+
+@dataclass(frozen=True)
+class Flops:
+    seq_len: int
+    forward_per_sequence: int
+    head_per_sequence: int
+    train_per_token: float
+    attention_uses: int
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    stored: int
+    effective: int
+    effective_paper: int
+    embedding: int
+    non_embedding: int
+    blocks: list[BlockRow]
+    groups: list[GroupRow]
+    flops: Flops
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def account(graph: ModelGraph) -> Report:
+    """Every count of the report, from the graph's groups and uses."""
+    spec, m = graph.spec, graph.spec.model
+    groups = graph.groups.values()
+    calls = {g.name: graph.calls(g.name) for g in groups}
+
+    stored = sum(g.params for g in groups)
+    effective = sum(g.params * calls[g.name] for g in groups)
+    paper = sum(g.params * (calls[g.name] if g.kind in ("layer", "core", "anchor") else 1) for g in groups)
+    embedding = sum(g.params for g in groups if g.kind in EMBEDDING_KINDS)
+
+    blocks: dict[str, list[int]] = {}  # name -> [stored, uses, effective], in execution order
+    for u in graph.uses:
+        row = blocks.setdefault(u.block, [0, 0, 0])
+        if u.call:
+            row[1] += 1
+            row[2] += graph.groups[u.group].params
+    for g in groups:
+        blocks.setdefault(g.block, [0, 0, 0])[0] += g.params
+
+    attention_uses = sum(u.attention for u in graph.uses)
+    T = spec.model.max_seq_len
+    forward = 2 * (paper - embedding) * T + 4 * attention_uses * T * T * m.d_model
+    return Report(
+        name=spec.name,
+        stored=stored,
+        effective=effective,
+        effective_paper=paper,
+        embedding=embedding,
+        non_embedding=stored - embedding,
+        blocks=[BlockRow(name, *row) for name, row in blocks.items()],
+        groups=[
+            GroupRow(g.name, g.owner, list(g.members), g.params, calls[g.name], g.params * calls[g.name])
+            for g in groups
+        ],
+        flops=Flops(
+            seq_len=T,
+            forward_per_sequence=forward,
+            head_per_sequence=2 * m.vocab_size * m.d_model * T,
+            train_per_token=3 * forward / T,
+            attention_uses=attention_uses,
+        ),
+    )

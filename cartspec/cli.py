@@ -1,0 +1,134 @@
+"""The ``cartspec`` command line.
+
+Every user error (bad spec, missing file, wrong flag) is one located line on stderr and exit
+code 2; ``--debug`` shows the traceback. validate/params/graph/schema/compile never import torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cartspec.errors import SpecError, UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compile declarative specs of looped transformers into PyTorch code, parameter reports and training runs.",
+)
+
+Sets = Annotated[
+    list[str],
+    typer.Option("--set", help="Override a spec key: dotted.path=value (YAML). Repeatable; applied last."),
+]
+SpecArg = Annotated[Path, typer.Argument(help="A spec YAML file.", show_default=False)]
+_debug = False
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def user_errors(fn):
+    """Turn SpecError/UserError into located lines and exit code 2, unless --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (SpecError, UserError) as e:
+            if _debug:
+                raise
+            lines = [str(p) for p in e.problems] if isinstance(e, SpecError) else [str(e)]
+            for line in lines:
+                print(f"error: {line}" if isinstance(e, UserError) else line, file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files.", show_default=False)],
+    set_: Sets = [],
+) -> None:  # noqa: B006
+    """Check specs: schema, semantics, sizes. Prints one line per spec; every problem at once."""
+    from cartspec.spec import resolve
+
+    problems = []
+    for path in specs:
+        try:
+            r = resolve(path, set_)
+        except SpecError as e:
+            problems.extend(e.problems)
+            continue
+        print(f"ok  {path}  ({r.spec.name}: {len(r.graph.uses)} uses, {len(r.graph.groups)} sharing groups)")
+    if problems:
+        raise SpecError(problems)
+
+
+@app.command()
+@user_errors
+def params(
+    spec: SpecArg,
+    set_: Sets = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of tables.")] = False,
+) -> None:
+    """Parameter and FLOP report: stored, effective, the paper's effective, per block and group."""
+    from cartspec.accounting import account
+    from cartspec.report import print_json, print_params
+    from cartspec.spec import resolve
+
+    report = account(resolve(spec, set_).graph)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        print_params(report)
+
+
+@app.command()
+@user_errors
+def graph(
+    spec: SpecArg,
+    set_: Sets = [],  # noqa: B006
+    fmt: Annotated[
+        str, typer.Option("--format", help="text, dot (Graphviz) or json (networkx node-link).")
+    ] = "text",
+) -> None:
+    """The module-use graph: one node per use, with its sharing group and dataflow edges."""
+    from cartspec.report import graph_dot, graph_json, graph_text, print_json
+    from cartspec.spec import resolve
+
+    if fmt not in ("text", "dot", "json"):
+        raise UserError(f"--format: expected text, dot or json, got {fmt!r}")
+    g = resolve(spec, set_).graph
+    if fmt == "json":
+        print_json(graph_json(g))
+    else:
+        print(graph_dot(g) if fmt == "dot" else graph_text(g))
+
+
+@app.command()
+def schema() -> None:
+    """The JSON Schema of the spec language (for editors: yaml-language-server)."""
+    from cartspec.schema import Spec
+
+    out = Spec.model_json_schema(by_alias=True)
+    out["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    out["title"] = "cartspec spec"
+    print(json.dumps(out, indent=2))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,290 @@
+"""Read spec files: safe YAML with source positions, ``extends:`` chains and ``--set`` overrides.
+
+Precedence, lowest first: the base named by ``extends:`` (recursively), the file that extends
+it, then each ``--set path=value`` in command-line order. Mappings merge key by key, lists and
+scalars replace, and ``null`` removes a key (so the schema's default applies again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cartspec.errors import Problem, SpecError
+
+Path_ = tuple[str | int, ...]
+
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything larger is a mistake
+MAX_YAML_NODES = 100_000  # stops alias bombs before they are expanded
+MAX_EXTENDS_DEPTH = 16
+
+
+@dataclass
+class Loaded:
+    """A spec as plain data, the position every key came from, and the files it was read from."""
+
+    data: dict[str, Any]
+    where: dict[Path_, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    text: str = ""  # the top file's text, for hashing
+
+    def locate(self, path: Path_) -> str:
+        """The source position of ``path``, or of its nearest ancestor that has one."""
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.where:
+                return self.where[path[:n]]
+        return self.files[0].as_posix() if self.files else "<spec>"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def display(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return Path(path).as_posix()
+    return Path(path).as_posix() if rel.startswith("..") else Path(rel).as_posix()
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise SpecError([Problem(display(path), "", "no such file")])
+    if path.is_dir():
+        raise SpecError([Problem(display(path), "", "is a directory, expected a YAML spec file")])
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(
+            [
+                Problem(
+                    display(path),
+                    "",
+                    f"file is {size:,} bytes; a spec may be at most {MAX_SPEC_BYTES:,}",
+                )
+            ]
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([Problem(display(path), "", f"not UTF-8 text (byte {e.start})")]) from None
+    if "\x00" in text:
+        raise SpecError([Problem(display(path), "", "binary file, expected a YAML spec")])
+    return text
+
+
+def _mark(file: str, node: yaml.Node) -> str:
+    return f"{file}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, remembering where each key stood."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.where: dict[Path_, str] = {}
+        self.problems: list[Problem] = []
+        self.nodes = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise SpecError(
+                [
+                    Problem(
+                        _mark(self.file, node),
+                        "",
+                        f"more than {MAX_YAML_NODES:,} YAML nodes (alias bomb?)",
+                    )
+                ]
+            )
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.constructor.construct_object(key_node)
+                if not isinstance(key, str):
+                    self.problems.append(
+                        Problem(
+                            _mark(self.file, key_node),
+                            _dotted(path),
+                            f"key {key!r} is not a string",
+                        )
+                    )
+                    continue
+                if key == "<<":
+                    self.problems.append(
+                        Problem(
+                            _mark(self.file, key_node),
+                            _dotted(path),
+                            "YAML merge keys are not supported; use extends:",
+                        )
+                    )
+                    continue
+                if key in out:
+                    self.problems.append(
+                        Problem(_mark(self.file, key_node), _dotted((*path, key)), "duplicate key")
+                    )
+                    continue
+                self.where[(*path, key)] = _mark(self.file, key_node)
+                out[key] = self.build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                self.where[(*path, i)] = _mark(self.file, item)
+                items.append(self.build(item, (*path, i)))
+            return items
+        return self.constructor.construct_object(node)
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def read_yaml(path: Path) -> Loaded:
+    """Parse one YAML file (safe loader only) into data plus key positions; no extends."""
+    text = _read_text(path)
+    file = display(path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
+        raise SpecError([Problem(where, "", f"invalid YAML: {e.problem or e.context}")]) from None
+    except yaml.YAMLError as e:
+        raise SpecError([Problem(file, "", f"invalid YAML: {e}")]) from None
+    if node is None:
+        raise SpecError(
+            [Problem(file, "", "empty file, expected a YAML mapping with name:, model: and blocks:")]
+        )
+    if not isinstance(node, yaml.MappingNode):
+        raise SpecError([Problem(_mark(file, node), "", "a spec must be a YAML mapping")])
+    builder = _Builder(file)
+    try:
+        data = builder.build(node, ())
+    except yaml.YAMLError as e:
+        raise SpecError([Problem(file, "", f"invalid YAML: {e}")]) from None
+    if builder.problems:
+        raise SpecError(builder.problems)
+    return Loaded(data=data, where=builder.where, files=[path], text=text)
+
+
+def merge(base: Loaded, over: Loaded) -> Loaded:
+    """Deep-merge ``over`` onto ``base``: mappings merge, lists/scalars replace, null removes."""
+    where = dict(base.where)
+
+    def go(b: Any, o: Any, path: Path_) -> Any:
+        if isinstance(b, dict) and isinstance(o, dict):
+            out = dict(b)
+            for key, value in o.items():
+                sub = (*path, key)
+                if value is None:
+                    out.pop(key, None)
+                    _forget(where, sub)
+                elif key in out:
+                    if not (isinstance(out[key], dict) and isinstance(value, dict)):
+                        _forget(where, sub)
+                    out[key] = go(out[key], value, sub)
+                else:
+                    out[key] = value
+            return out
+        return o
+
+    data = go(base.data, over.data, ())
+    for path, mark in over.where.items():
+        where[path] = mark
+    return Loaded(data=data, where=where, files=[*over.files, *base.files], text=over.text)
+
+
+def _forget(where: dict[Path_, str], prefix: Path_) -> None:
+    for path in [p for p in where if p[: len(prefix)] == prefix]:
+        del where[path]
+
+
+def load(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), _chain: tuple[Path, ...] = ()
+) -> Loaded:
+    """Load a spec file with its ``extends:`` chain resolved and ``--set`` overrides applied."""
+    path = Path(path).absolute()
+    if path in _chain:
+        cycle = " -> ".join(display(p) for p in (*_chain, path))
+        raise SpecError([Problem(display(_chain[-1]), "extends", f"extends cycle: {cycle}")])
+    if len(_chain) >= MAX_EXTENDS_DEPTH:
+        raise SpecError([Problem(display(path), "extends", f"extends chain deeper than {MAX_EXTENDS_DEPTH}")])
+    loaded = read_yaml(path)
+    parent = loaded.data.pop("extends", None)
+    if parent is not None:
+        where = loaded.where.pop(("extends",), display(path))
+        if not isinstance(parent, str) or not parent:
+            raise SpecError([Problem(where, "extends", "must be a path to another spec file")])
+        base_path = (path.parent / parent).absolute()
+        if not base_path.exists():
+            raise SpecError([Problem(where, "extends", f"no such file: {display(base_path)}")])
+        base = load(base_path, (), (*_chain, path))
+        base.data.pop("name", None)  # a spec's name is its own, never inherited
+        loaded = merge(base, loaded)
+    for override in overrides:
+        loaded = apply_set(loaded, override)
+    return loaded
+
+
+def apply_set(loaded: Loaded, override: str) -> Loaded:
+    """Apply one ``dotted.path=value`` override; the value is parsed as YAML."""
+    where = f"--set {override}"
+    if "=" not in override:
+        raise SpecError([Problem(where, "", "expected dotted.path=value")])
+    key, _, raw = override.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise SpecError([Problem(where, "", f"bad path {key!r}")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise SpecError([Problem(where, key, f"value is not valid YAML: {e}")]) from None
+    if key.strip() == "extends":
+        raise SpecError([Problem(where, key, "extends cannot be set from the command line")])
+    path: list[str | int] = []
+    node: Any = loaded.data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(
+                    [
+                        Problem(
+                            where,
+                            key,
+                            f"{_dotted(tuple(path)) or 'spec'} is a list of {len(node)}; no item {part!r}",
+                        )
+                    ]
+                )
+            index = int(part)
+            path.append(index)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise SpecError([Problem(where, key, f"{_dotted(tuple(path))} is a value, not a mapping")])
+        path.append(part)
+        if last:
+            if value is None:
+                node.pop(part, None)
+            else:
+                node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    _forget(loaded.where, tuple(path))
+    loaded.where[tuple(path)] = where
+    return loaded

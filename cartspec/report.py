@@ -1,0 +1,131 @@
+"""Terminal renderings of accounting reports and graphs (rich is imported only here)."""
+
+from __future__ import annotations
+
+import json
+
+from cartspec.accounting import Report
+from cartspec.graph import ModelGraph
+
+
+def human(n: float) -> str:
+    """1_234_567 -> '1.23M' (exact figures stay in --json)."""
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def print_params(report: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    blocks = Table(title=f"{report.name}: parameters by block", title_justify="left")
+    for col in ("block", "stored", "uses", "effective"):
+        blocks.add_column(col, justify="left" if col == "block" else "right")
+    for b in report.blocks:
+        blocks.add_row(b.name, f"{b.stored:,}", str(b.uses), f"{b.effective:,}")
+    blocks.add_section()
+    blocks.add_row("total", f"{report.stored:,}", "", f"{report.effective:,}", style="bold")
+    console.print(blocks)
+
+    shared = [g for g in report.groups if g.uses > 1 or len(g.members) > 1]
+    if shared:
+        groups = Table(title="sharing groups read more than once", title_justify="left")
+        for col in ("group", "members", "stored", "uses", "effective"):
+            groups.add_column(col, justify="left" if col in ("group", "members") else "right")
+        for g in shared:
+            members = (
+                ", ".join(g.members)
+                if len(g.members) <= 4
+                else f"{g.members[0]} … {g.members[-1]} ({len(g.members)})"
+            )
+            groups.add_row(g.name, members, f"{g.stored:,}", str(g.uses), f"{g.effective:,}")
+        console.print(groups)
+
+    f = report.flops
+    summary = Table(show_header=False, box=None, padding=(0, 2))
+    summary.add_column(justify="left")
+    summary.add_column(justify="right")
+    summary.add_column(justify="left")
+    rows = [
+        ("stored", report.stored, "unique parameters (shared and tied counted once)"),
+        ("effective", report.effective, "size x calls per forward: the unrolled network"),
+        ("effective (paper)", report.effective_paper, "the CART author's count_parameters()"),
+        ("embedding", report.embedding, "vocab x d (once when tied)"),
+        ("non-embedding", report.non_embedding, "stored - embedding"),
+    ]
+    for label, value, note in rows:
+        summary.add_row(label, f"{value:,}", f"[dim]{human(value)}  {note}[/dim]")
+    summary.add_row(
+        "forward FLOPs / seq",
+        f"{f.forward_per_sequence / 1e9:,.1f} G",
+        f"[dim]T={f.seq_len}, {f.attention_uses} attention uses, paper convention[/dim]",
+    )
+    summary.add_row(
+        "head FLOPs / seq",
+        f"{f.head_per_sequence / 1e9:,.1f} G",
+        "[dim]2 x V x d x T, not in the line above[/dim]",
+    )
+    summary.add_row("train FLOPs / token", f"{f.train_per_token / 1e9:,.3f} G", "[dim]3 x forward / T[/dim]")
+    console.print(summary)
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def graph_text(graph: ModelGraph) -> str:
+    """One line per use in execution order: node, module, sharing group, inputs."""
+    inputs: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        inputs.setdefault(b, []).append(a)
+    width = max(len(u.name) for u in graph.uses)
+    lines = [f"# {graph.spec.name}: {len(graph.uses)} uses, {len(graph.groups)} sharing groups"]
+    for u in graph.uses:
+        group = graph.groups[u.group]
+        tag = "" if u.call else "  (tied: reads the table, no call)"
+        lines.append(
+            f"{u.name:<{width}}  group={u.group} ({group.params:,} params)  <- {', '.join(inputs.get(u.name, [])) or 'tokens'}{tag}"
+        )
+    return "\n".join(lines)
+
+
+def graph_dot(graph: ModelGraph) -> str:
+    """Graphviz DOT: uses as nodes, coloured by sharing group."""
+    lines = [
+        f'digraph "{graph.spec.name}" {{',
+        "  rankdir=TB; node [shape=box, fontname=monospace];",
+    ]
+    palette = [
+        "#cfe2f3",
+        "#d9ead3",
+        "#fff2cc",
+        "#f4cccc",
+        "#d9d2e9",
+        "#fce5cd",
+        "#d0e0e3",
+        "#ead1dc",
+    ]
+    colour = {g: palette[i % len(palette)] for i, g in enumerate(graph.groups)}
+    for u in graph.uses:
+        lines.append(
+            f'  "{u.name}" [label="{u.name}\\n{u.group}", style=filled, fillcolor="{colour[u.group]}"];'
+        )
+    for a, b in graph.edges:
+        lines.append(f'  "{a}" -> "{b}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def graph_json(graph: ModelGraph) -> dict:
+    """networkx node-link data of the graph, plus the sharing groups."""
+    import networkx as nx
+
+    data = nx.node_link_data(graph.to_networkx(), edges="edges")
+    data["groups"] = {
+        g.name: {"owner": g.owner, "kind": g.kind, "params": g.params, "members": g.members}
+        for g in graph.groups.values()
+    }
+    return data

@@ -1,0 +1,120 @@
+"""Turn loaded spec data into a :class:`Spec`, reporting every schema problem at its place."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cartspec.errors import Problem, SpecError
+from cartspec.loader import Loaded, Path_
+from cartspec.schema import IDENTIFIER, Spec
+
+
+def validate(loaded: Loaded) -> Spec:
+    """Validate with pydantic; on failure raise one SpecError holding every problem, located."""
+    try:
+        return Spec.model_validate(loaded.data)
+    except ValidationError as e:
+        problems = [_problem(loaded, err) for err in e.errors(include_url=False)]
+    raise SpecError(sorted(set(problems), key=_file_order))
+
+
+def _file_order(p: Problem) -> tuple:
+    file, _, rest = p.where.partition(":")
+    line, _, col = rest.partition(":")
+    return (file, int(line) if line.isdigit() else 0, int(col) if col.isdigit() else 0, p.path)
+
+
+def _problem(loaded: Loaded, err: dict[str, Any]) -> Problem:
+    path, model = _data_path(loaded.data, err["loc"])
+    dotted = ".".join(str(p) for p in path)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        fields = _field_names(model) if model else []
+        guess = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+        hint = (
+            f" (did you mean '{guess[0]}'?)"
+            if guess
+            else (f"; allowed: {', '.join(fields)}" if fields else "")
+        )
+        message = f"unknown key '{key}'{hint}"
+    elif kind == "missing":
+        message = f"missing required key '{path[-1]}'"
+    elif kind == "union_tag_invalid":
+        message = f"unknown kind {err['input'].get('kind')!r}; expected one of {err['ctx']['expected_tags']}"
+    elif kind == "string_pattern_mismatch" and err["ctx"].get("pattern") == IDENTIFIER:
+        message = f"{err['input']!r} is not a name: use a-z, 0-9 and _, starting with a letter (at most 64)"
+    elif kind == "union_tag_not_found":
+        message = f"missing 'kind'; expected one of {err['ctx']['discriminator']}"
+    else:
+        message = err["msg"][0].lower() + err["msg"][1:]
+        message = message.removeprefix("value error, ")
+        if kind in {
+            "literal_error",
+            "string_pattern_mismatch",
+            "int_parsing",
+            "float_parsing",
+            "bool_parsing",
+            "int_type",
+            "int_from_float",
+        }:
+            message += f", got {err['input']!r}" if not isinstance(err["input"], dict | list) else ""
+    return Problem(loaded.locate(path), dotted, message)
+
+
+def _data_path(data: Any, loc: tuple) -> tuple[Path_, type[BaseModel] | None]:
+    """Map a pydantic error location onto the spec's own keys (dropping union tags), and find
+    the schema model that owns the last key (for "did you mean")."""
+    path: list[str | int] = []
+    node: Any = data
+    model: type[BaseModel] | None = Spec
+    owner: type[BaseModel] | None = Spec
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and part in node:
+            owner = model
+            model = _field_model(model, str(part), node[part]) if model else None
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif last or isinstance(part, int):
+            owner = model
+            path.append(part)
+        # else: a union tag or a wrapper name in pydantic's location: not a spec key
+    return tuple(path), owner
+
+
+def _field_model(model: type[BaseModel], key: str, value: Any) -> type[BaseModel] | None:
+    """The schema model that validates ``value`` under ``model.key`` (following unions by kind)."""
+    field = next((f for n, f in model.model_fields.items() if key in (n, f.alias)), None)
+    if field is None:
+        return None
+    candidates = [c for c in _flatten(field.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
+    if len(candidates) > 1 and isinstance(value, dict):
+        kind = value.get("kind")
+        for c in candidates:
+            tag = c.model_fields.get("kind")
+            if tag is not None and kind in typing.get_args(tag.annotation):
+                return c
+        return None
+    return candidates[0] if candidates else None
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _flatten(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list):
+        return [x for arg in typing.get_args(annotation) for x in _flatten(arg)]
+    return [annotation]
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]

@@ -1,0 +1,1 @@
+"""The one training, evaluation and sampling runtime for every generated model."""
