@@ -365,8 +365,8 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
     if m.d_model % m.head_dim:
         problems.append(
             (
-                ("model", "head_dim"),
-                f"d_model {m.d_model} is not divisible by head_dim {m.head_dim}",
+                ("model", "d_model"),
+                f"{m.d_model} is not divisible by head_dim {m.head_dim}",
             )
         )
     if spec.train.seq_len is not None and spec.train.seq_len > m.max_seq_len:
