@@ -119,6 +119,56 @@ def graph(
         print(graph_dot(g) if fmt == "dot" else graph_text(g))
 
 
+@app.command("compile")
+@user_errors
+def compile_(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files.", show_default=False)],
+    set_: Sets = [],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("generated"),
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 with a diff if a file is missing or stale.")
+    ] = False,
+) -> None:
+    """Compile specs into standalone PyTorch modules: <out>/<name>.py."""
+    from cartspec.codegen.render import render
+    from cartspec.codegen.write import drift, write_atomic
+    from cartspec.spec import resolve
+
+    resolved = []
+    problems = []
+    for path in specs:  # validate everything first: a bad spec writes nothing
+        try:
+            resolved.append(resolve(path, set_))
+        except SpecError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SpecError(problems)
+    names: dict[str, Path] = {}
+    for r in resolved:
+        if r.spec.name in names:
+            raise UserError(
+                f"{r.path}: name '{r.spec.name}' is also the name of {names[r.spec.name]}; both would write {r.spec.name}.py"
+            )
+        names[r.spec.name] = r.path
+    stale = 0
+    for r in resolved:
+        target = out / f"{r.spec.name}.py"
+        text = render(r)
+        if check:
+            diff = drift(target, text)
+            if diff:
+                stale += 1
+                sys.stdout.write(diff)
+            continue
+        changed = write_atomic(target, text)
+        print(f"{'wrote' if changed else 'unchanged'}  {target}")
+    if stale:
+        print(f"{stale} of {len(resolved)} generated files are missing or out of date", file=sys.stderr)
+        raise typer.Exit(1)
+    if check:
+        print(f"ok  {len(resolved)} generated files up to date")
+
+
 @app.command()
 def schema() -> None:
     """The JSON Schema of the spec language (for editors: yaml-language-server)."""

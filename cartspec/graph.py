@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cartspec.errors import Problem, SpecError
 from cartspec.loader import Loaded, Path_
 from cartspec.schema import MHA, MLA, Anchor, Core, Cross, ModelConfig, Spec, Stack
+from cartspec.validate import file_order
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -170,7 +171,7 @@ def build_graph(spec: Spec, loaded: Loaded | None = None) -> ModelGraph:
 
     add_group("embedding", "embedding", "embedding", {"table": m.vocab_size * m.d_model}, ("embedding",))
     last = use(Use("embedding", "embedding", "embedding", "embedding"), None)
-    anchor_source = "embedding"
+    outputs = {"embedding": last}  # block -> its output node, for the anchor's input edge
 
     def run_stack(block: str, stack: Stack, prev: str) -> str:
         for i in range(stack.layers):
@@ -188,8 +189,7 @@ def build_graph(spec: Spec, loaded: Loaded | None = None) -> ModelGraph:
     for block in ("stack", "prelude"):
         stack = getattr(b, block)
         if stack is not None:
-            last = run_stack(block, stack, last)
-            anchor_source = last
+            last = outputs[block] = run_stack(block, stack, last)
 
     if b.anchor is not None:
         add_group(
@@ -200,7 +200,7 @@ def build_graph(spec: Spec, loaded: Loaded | None = None) -> ModelGraph:
             ("anchor", b.anchor.model_dump()),
         )
         if b.anchor.recompute == "never":
-            use(Use("anchor", "anchor", "anchor", "anchor"), anchor_source)
+            use(Use("anchor", "anchor", "anchor", "anchor"), outputs[b.anchor.from_])
 
     if b.core is not None:
         last = _run_core(spec, b.core, last, add_group, use, edges)
@@ -390,6 +390,19 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"{spec.train.schedule.min_lr} is above the peak lr {spec.train.optimizer.lr}",
             )
         )
+    roped = [
+        (block, node.attention.rope_base)
+        for block in ("stack", "prelude", "core", "coda")
+        if (node := getattr(spec.blocks, block)) is not None and getattr(node.attention, "rope", False)
+    ]
+    if len({base for _, base in roped}) > 1:
+        block, base = roped[-1]
+        problems.append(
+            (
+                ("blocks", block, "attention", "rope_base"),
+                f"{base} differs from {roped[0][1]}; RoPE blocks share one table",
+            )
+        )
     n_heads = max(m.n_heads, 1)
     for block in ("stack", "prelude", "core", "coda"):
         node = getattr(spec.blocks, block)
@@ -513,7 +526,8 @@ def _located(problems: list[tuple[Path_, str]], loaded: Loaded | None) -> SpecEr
     def where(path: Path_) -> str:
         return loaded.locate(path) if loaded is not None else "<spec>"
 
-    return SpecError([Problem(where(p), ".".join(str(x) for x in p), msg) for p, msg in problems])
+    found = [Problem(where(p), ".".join(str(x) for x in p), msg) for p, msg in problems]
+    return SpecError(sorted(found, key=file_order))
 
 
 def spec_dict(spec: Spec) -> dict[str, Any]:

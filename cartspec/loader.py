@@ -109,6 +109,15 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` (constructing it would fail)
+                    self.problems.append(
+                        Problem(
+                            _mark(self.file, key_node),
+                            _dotted(path),
+                            "YAML merge keys are not supported; use extends:",
+                        )
+                    )
+                    continue
                 key = self.constructor.construct_object(key_node)
                 if not isinstance(key, str):
                     self.problems.append(
@@ -116,15 +125,6 @@ class _Builder:
                             _mark(self.file, key_node),
                             _dotted(path),
                             f"key {key!r} is not a string",
-                        )
-                    )
-                    continue
-                if key == "<<":
-                    self.problems.append(
-                        Problem(
-                            _mark(self.file, key_node),
-                            _dotted(path),
-                            "YAML merge keys are not supported; use extends:",
                         )
                     )
                     continue
@@ -149,18 +149,23 @@ def _dotted(path: Path_) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _yaml_problem(file: str, e: yaml.YAMLError) -> Problem:
+    """One located line for a YAML error (PyYAML's own text spans several lines)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
+        return Problem(where, "", f"invalid YAML: {e.problem or e.context}")
+    return Problem(file, "", f"invalid YAML: {e}")
+
+
 def read_yaml(path: Path) -> Loaded:
     """Parse one YAML file (safe loader only) into data plus key positions; no extends."""
     text = _read_text(path)
     file = display(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        raise SpecError([Problem(where, "", f"invalid YAML: {e.problem or e.context}")]) from None
     except yaml.YAMLError as e:
-        raise SpecError([Problem(file, "", f"invalid YAML: {e}")]) from None
+        raise SpecError([_yaml_problem(file, e)]) from None
     if node is None:
         raise SpecError(
             [Problem(file, "", "empty file, expected a YAML mapping with name:, model: and blocks:")]
@@ -170,8 +175,8 @@ def read_yaml(path: Path) -> Loaded:
     builder = _Builder(file)
     try:
         data = builder.build(node, ())
-    except yaml.YAMLError as e:
-        raise SpecError([Problem(file, "", f"invalid YAML: {e}")]) from None
+    except yaml.YAMLError as e:  # e.g. a tag the safe loader refuses (!!python/object)
+        raise SpecError([_yaml_problem(file, e)]) from None
     if builder.problems:
         raise SpecError(builder.problems)
     return Loaded(data=data, where=builder.where, files=[path], text=text)
@@ -214,11 +219,6 @@ def load(
 ) -> Loaded:
     """Load a spec file with its ``extends:`` chain resolved and ``--set`` overrides applied."""
     path = Path(path).absolute()
-    if path in _chain:
-        cycle = " -> ".join(display(p) for p in (*_chain, path))
-        raise SpecError([Problem(display(_chain[-1]), "extends", f"extends cycle: {cycle}")])
-    if len(_chain) >= MAX_EXTENDS_DEPTH:
-        raise SpecError([Problem(display(path), "extends", f"extends chain deeper than {MAX_EXTENDS_DEPTH}")])
     loaded = read_yaml(path)
     parent = loaded.data.pop("extends", None)
     if parent is not None:
@@ -228,7 +228,15 @@ def load(
         base_path = (path.parent / parent).absolute()
         if not base_path.exists():
             raise SpecError([Problem(where, "extends", f"no such file: {display(base_path)}")])
-        base = load(base_path, (), (*_chain, path))
+        chain = (*_chain, path)
+        if base_path in chain:
+            cycle = " -> ".join(display(p) for p in (*chain, base_path))
+            raise SpecError([Problem(where, "extends", f"extends cycle: {cycle}")])
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise SpecError(
+                [Problem(where, "extends", f"extends chain deeper than {MAX_EXTENDS_DEPTH} files")]
+            )
+        base = load(base_path, (), chain)
         base.data.pop("name", None)  # a spec's name is its own, never inherited
         loaded = merge(base, loaded)
     for override in overrides:
@@ -248,7 +256,8 @@ def apply_set(loaded: Loaded, override: str) -> Loaded:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise SpecError([Problem(where, key, f"value is not valid YAML: {e}")]) from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError([Problem(where, key, f"value is not valid YAML: {problem}")]) from None
     if key.strip() == "extends":
         raise SpecError([Problem(where, key, "extends cannot be set from the command line")])
     path: list[str | int] = []
@@ -284,6 +293,7 @@ def apply_set(loaded: Loaded, override: str) -> Loaded:
         else:
             if node.get(part) is None:
                 node[part] = {}
+                loaded.where[tuple(path)] = where  # a mapping this --set created
             node = node[part]
     _forget(loaded.where, tuple(path))
     loaded.where[tuple(path)] = where

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
 Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
@@ -195,11 +195,13 @@ class HyperMix(Strict):
         None, description="Initial raw weights (before softmax); default [1, 0, ...]."
     )
 
-    @model_validator(mode="after")
-    def _init_matches_taps(self) -> HyperMix:
-        if self.init is not None and len(self.init) != self.taps:
-            raise ValueError(f"init has {len(self.init)} weights but taps is {self.taps}")
-        return self
+    @field_validator("init")
+    @classmethod
+    def _init_matches_taps(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        taps = info.data.get("taps")  # absent when taps itself is invalid
+        if v is not None and taps is not None and len(v) != taps:
+            raise ValueError(f"{len(v)} weights but taps is {taps}")
+        return v
 
     @property
     def init_weights(self) -> list[float]:

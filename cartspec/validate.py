@@ -20,10 +20,11 @@ def validate(loaded: Loaded) -> Spec:
         return Spec.model_validate(loaded.data)
     except ValidationError as e:
         problems = [_problem(loaded, err) for err in e.errors(include_url=False)]
-    raise SpecError(sorted(set(problems), key=_file_order))
+    raise SpecError(sorted(set(problems), key=file_order))
 
 
-def _file_order(p: Problem) -> tuple:
+def file_order(p: Problem) -> tuple:
+    """Sort key: file, then line, then column (``--set`` problems sort by their text)."""
     file, _, rest = p.where.partition(":")
     line, _, col = rest.partition(":")
     return (file, int(line) if line.isdigit() else 0, int(col) if col.isdigit() else 0, p.path)
@@ -46,11 +47,14 @@ def _problem(loaded: Loaded, err: dict[str, Any]) -> Problem:
     elif kind == "missing":
         message = f"missing required key '{path[-1]}'"
     elif kind == "union_tag_invalid":
+        path = (*path, "kind")  # point at the kind itself, not at the mapping that holds it
+        dotted += ".kind"
         message = f"unknown kind {err['input'].get('kind')!r}; expected one of {err['ctx']['expected_tags']}"
     elif kind == "string_pattern_mismatch" and err["ctx"].get("pattern") == IDENTIFIER:
         message = f"{err['input']!r} is not a name: use a-z, 0-9 and _, starting with a letter (at most 64)"
     elif kind == "union_tag_not_found":
-        message = f"missing 'kind'; expected one of {err['ctx']['discriminator']}"
+        kinds = _kinds(model, str(path[-1])) if model else []
+        message = f"missing 'kind'; expected one of {', '.join(repr(k) for k in kinds)}"
     else:
         message = err["msg"][0].lower() + err["msg"][1:]
         message = message.removeprefix("value error, ")
@@ -105,6 +109,19 @@ def _field_model(model: type[BaseModel], key: str, value: Any) -> type[BaseModel
                 return c
         return None
     return candidates[0] if candidates else None
+
+
+def _kinds(model: type[BaseModel], key: str) -> list[str]:
+    """The ``kind`` tags a discriminated union under ``model.key`` accepts, in schema order."""
+    field = next((f for n, f in model.model_fields.items() if key in (n, f.alias)), None)
+    if field is None:
+        return []
+    tags = []
+    for c in _flatten(field.annotation):
+        tag = c.model_fields.get("kind") if isinstance(c, type) and issubclass(c, BaseModel) else None
+        if tag is not None:
+            tags.extend(typing.get_args(tag.annotation))
+    return tags
 
 
 def _flatten(annotation: Any) -> list[Any]:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 BIBLE = "bible"
 TEXT_SUFFIXES = (".txt", ".jsonl")
 _TOKEN_CACHE_VERSION = 1
-_ENCODE_CHUNK = 512  # documents per tokenizer call: bounds memory on large corpora
+_ENCODE_CHARS = 1 << 24  # text per tokenizer call: bounds memory on large corpora
 
 
 class DataError(Exception):
@@ -216,20 +216,22 @@ def prepare_tokens(
     if cached is None:
         cached = _write_token_cache(folder, documents, tokenizer, n_val, meta)
     return TokenSplits(
-        train=_memmap(folder / "train.bin", dtype, cached["train_tokens"]),
-        val=_memmap(folder / "val.bin", dtype, cached["val_tokens"]),
+        train=np.memmap(folder / "train.bin", dtype, mode="r", shape=(cached["train_tokens"],)),
+        val=np.memmap(folder / "val.bin", dtype, mode="r", shape=(cached["val_tokens"],)),
     )
 
 
 def _n_val_documents(n_docs: int, val_fraction: float) -> int:
     """Held-out document count: about val_fraction of them, at least one, never all."""
+    _check_fraction(val_fraction)
+    if n_docs < 2:
+        raise DataError(f"corpus has {n_docs} document(s); need at least 2 to hold one out for validation")
+    return min(n_docs - 1, max(1, round(n_docs * val_fraction)))
+
+
+def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if n_docs < 2:
-        raise DataError(
-            f"corpus has {n_docs} document(s); need at least 2 to hold one out for validation"
-        )
-    return min(n_docs - 1, max(1, round(n_docs * val_fraction)))
 
 
 def _read_cache_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
@@ -268,23 +270,31 @@ def _write_token_cache(
     return meta
 
 
-def _write_split(
-    path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype
-) -> int:
+def _write_split(path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype) -> int:
     """Stream BOS + ids + EOS of every document into ``path``; returns the token count."""
     n = 0
     with atomic_writer(path) as f:
-        for start in range(0, len(documents), _ENCODE_CHUNK):
-            batch = tokenizer.encode_batch(list(documents[start : start + _ENCODE_CHUNK]))
+        for chunk in _chunks(documents):
+            batch = tokenizer.encode_batch(chunk)
             ids = [t for doc in batch for t in (tokenizer.bos_id, *doc, tokenizer.eos_id)]
             np.asarray(ids, dtype=dtype).tofile(f)
             n += len(ids)
     return n
 
 
-def _memmap(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
-    """Read-only memmap; an empty file cannot be mapped, so it becomes an empty array."""
-    return np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.empty(0, dtype)
+def _chunks(documents: Sequence[str]) -> Iterator[list[str]]:
+    """Groups of documents of about _ENCODE_CHARS characters: large enough for the tokenizer's
+    parallelism, small enough that the Python id lists stay bounded."""
+    chunk: list[str] = []
+    size = 0
+    for doc in documents:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= _ENCODE_CHARS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 # ----------------------------------------------------------------------------- .bin files
@@ -343,8 +353,7 @@ def load_bin_splits(
         splits = TokenSplits(open_bin(train_path, dtype), open_bin(val_path, dtype))
     else:
         tokens = open_bin(path, dtype)
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        _check_fraction(val_fraction)
         n_val = min(len(tokens) - 1, max(1, round(len(tokens) * val_fraction)))
         if n_val < 1:
             raise DataError(f"{path}: too few tokens to split into train and validation")
@@ -439,12 +448,10 @@ def val_batches(
     n_windows = len(tokens) // (seq_len + 1)
     if n_windows == 0:
         raise DataError(
-            f"validation set has {len(tokens)} tokens: not enough for one window of "
-            f"seq_len+1 = {seq_len + 1}"
+            f"validation set has {len(tokens)} tokens: not enough for one window of seq_len+1 = {seq_len + 1}"
         )
     windows = tokens[: n_windows * (seq_len + 1)].reshape(n_windows, -1)
     total = min(n_batches * batch_size, n_windows)
     return [
-        _windows_to_xy(windows, np.arange(i, min(i + batch_size, total)))
-        for i in range(0, total, batch_size)
+        _windows_to_xy(windows, np.arange(i, min(i + batch_size, total))) for i in range(0, total, batch_size)
     ]

@@ -1,0 +1,1 @@
+"""Code generation: a resolved spec becomes a standalone, readable PyTorch module."""

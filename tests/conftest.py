@@ -1,0 +1,83 @@
+"""Shared helpers: the CLI run in-process (fast) or as a real process, and spec files written by tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+
+CliResult = tuple[int, str, str]  # (exit code, stdout, stderr)
+
+
+def run_cli_process(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> CliResult:
+    """``python -m cartspec ARGS`` as a whole process, exactly as a user runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cartspec", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_cli_in_process(*args: str) -> CliResult:
+    """The same CLI through typer's test runner: same parsing, same error handling, no interpreter start."""
+    from typer.testing import CliRunner
+
+    from cartspec.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # an internal error is a bug: show its traceback
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., CliResult]:
+    """``run_cli(*args) -> (rc, stdout, stderr)`` from a real ``python -m cartspec`` process."""
+    return run_cli_process
+
+
+@pytest.fixture
+def cli() -> Callable[..., CliResult]:
+    """``cli(*args) -> (rc, stdout, stderr)`` in-process; use it for everything but the process-level checks."""
+    return run_cli_in_process
+
+
+def write_text(directory: Path, text: str, name: str = "spec.yaml") -> Path:
+    """Write ``text`` (dedented, leading newline dropped) as ``directory/name``; return its path.
+
+    Line 1 of the file is the first line of the triple-quoted string, so the line numbers a test
+    expects can be read straight off the test.
+    """
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+@pytest.fixture
+def spec_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory, so errors name files as the user typed them (``spec.yaml:7:5``)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def write_spec(spec_dir: Path) -> Callable[..., Path]:
+    """``write_spec(text, name="spec.yaml") -> Path``: a spec file in the test's working directory."""
+
+    def write(text: str, name: str = "spec.yaml") -> Path:
+        return write_text(spec_dir, text, name)
+
+    return write
