@@ -170,6 +170,111 @@ def compile_(
 
 
 @app.command()
+@user_errors
+def train(
+    spec: SpecArg,
+    set_: Sets = [],
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="auto (newest valid checkpoint) or a checkpoint folder.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    compile_model: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile (default: the spec's train.compile)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Total steps; shorthand for --set train.steps=N.", min=1)
+    ] = None,
+    until: Annotated[
+        int | None,
+        typer.Option("--until", help="Stop after this step; the schedule still spans train.steps.", min=1),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
+    from cartspec.runtime.train import Options, TrainingDiverged
+    from cartspec.runtime.train import train as run_training
+    from cartspec.spec import resolve
+
+    overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
+    resolved = resolve(spec, overrides)
+    options = Options(
+        out=out,
+        resume=resume,
+        device=device,
+        compile=compile_model,
+        until=until,
+        progress=sys.stderr.isatty(),
+    )
+    try:
+        summary = run_training(resolved, options)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    from cartspec.report import print_json, print_train_summary
+
+    print_json(summary.__dict__) if as_json else print_train_summary(summary)
+
+
+def _loop_counts(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--loops: expected comma-separated integers like 2,4,6, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise UserError(f"--loops: loop counts must be >= 1, got {text!r}")
+    return counts
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run: Annotated[Path, typer.Argument(help="A run directory made by cartspec train.", show_default=False)],
+    loops: Annotated[
+        str | None, typer.Option("--loops", help="Loop counts, e.g. 2,4,6,8,10,12 (default: the trained R).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Text/jsonl/.bin to evaluate on (default: the run's validation split)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Validation loss and perplexity of a trained run for each loop count (variable-R inference)."""
+    from cartspec.runtime.evaluate import evaluate_loops
+
+    spec, rows = evaluate_loops(run, _loop_counts(loops), data, device)
+    if as_json:
+        from cartspec.report import print_json
+
+        print_json({"name": spec.name, "run": str(run), "rows": [r.__dict__ for r in rows]})
+        return
+    from cartspec.report import print_loop_rows
+
+    print_loop_rows(spec, rows)
+
+
+@app.command()
+@user_errors
+def sample(
+    run: Annotated[Path, typer.Argument(help="A run directory made by cartspec train.", show_default=False)],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=100_000)] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.8,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = 50,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Text from a trained model, through its own tokenizer."""
+    from cartspec.runtime.evaluate import sample as generate
+
+    print(generate(run, prompt, max_new_tokens, temperature, top_k, seed, device))
+
+
+@app.command()
 def schema() -> None:
     """The JSON Schema of the spec language (for editors: yaml-language-server)."""
     from cartspec.schema import Spec

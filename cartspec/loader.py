@@ -22,6 +22,7 @@ Path_ = tuple[str | int, ...]
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything larger is a mistake
 MAX_YAML_NODES = 100_000  # stops alias bombs before they are expanded
 MAX_EXTENDS_DEPTH = 16
+PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Loaded:
         for n in range(len(path), -1, -1):
             if path[:n] in self.where:
                 return self.where[path[:n]]
-        return self.files[0].as_posix() if self.files else "<spec>"
+        return display(self.files[0]) if self.files else "<spec>"
 
     @property
     def sha256(self) -> str:
@@ -103,6 +104,18 @@ class _Builder:
                         _mark(self.file, node),
                         "",
                         f"more than {MAX_YAML_NODES:,} YAML nodes (alias bomb?)",
+                    )
+                ]
+            )
+        if isinstance(node, yaml.CollectionNode) and node.tag not in PLAIN_TAGS:
+            # scalars go through the safe constructor, which refuses such tags; collections are
+            # built here, so refuse them here too rather than silently dropping the tag
+            raise SpecError(
+                [
+                    Problem(
+                        _mark(self.file, node),
+                        "",
+                        f"invalid YAML: could not determine a constructor for the tag '{node.tag}'",
                     )
                 ]
             )
@@ -238,6 +251,7 @@ def load(
             )
         base = load(base_path, (), chain)
         base.data.pop("name", None)  # a spec's name is its own, never inherited
+        base.where.pop(("name",), None)
         loaded = merge(base, loaded)
     for override in overrides:
         loaded = apply_set(loaded, override)

@@ -129,3 +129,47 @@ def graph_json(graph: ModelGraph) -> dict:
         for g in graph.groups.values()
     }
     return data
+
+
+def print_train_summary(summary) -> None:
+    """The end-of-training report: losses, perplexity, rho, parameters, tokens, time."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{summary.name}: trained {summary.steps} steps -> {summary.run_dir}",
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rows = [
+        ("train loss (last step)", f"{summary.train_loss:.4f}"),
+        ("validation loss", "-" if summary.val_loss is None else f"{summary.val_loss:.4f}"),
+        ("validation perplexity", "-" if summary.val_ppl is None else f"{summary.val_ppl:.2f}"),
+        ("rho = max sigmoid(a)", "-" if summary.rho is None else f"{summary.rho:.4f}"),
+        ("stored parameters", f"{summary.stored:,}"),
+        ("effective parameters", f"{summary.effective:,}"),
+        ("tokens seen", f"{summary.tokens:,}"),
+        ("wall time", f"{summary.wall_s:.1f} s"),
+        ("throughput", f"{summary.tokens_per_s:,.0f} tokens/s"),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    Console().print(table)
+
+
+def print_loop_rows(spec, rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    trained = spec.blocks.core.loops if spec.blocks.core else None
+    table = Table(
+        title=f"{spec.name}: validation by loop count (trained at R={trained})", title_justify="left"
+    )
+    for col in ("loops", "val loss", "val ppl"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        mark = " *" if r.loops == trained else ""
+        table.add_row(f"{r.loops}{mark}", f"{r.val_loss:.4f}", f"{r.val_ppl:.2f}")
+    Console().print(table)

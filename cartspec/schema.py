@@ -267,7 +267,7 @@ class ShareGroup(Strict):
     name: Identifier = Field(..., description="Name of the sharing group.")
     members: list[str] = Field(
         ...,
-        min_length=2,
+        min_length=1,  # one glob (prelude.*) can name many; the graph checks for two distinct modules
         max_length=4096,
         description="Module paths: prelude.0, coda.0, stack.3, core.loop[2] (unshared core), or block.* for all layers of a block.",
     )

@@ -23,6 +23,8 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from cartspec.errors import UserError
+
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
@@ -32,7 +34,7 @@ _TOKEN_CACHE_VERSION = 1
 _ENCODE_CHARS = 1 << 24  # text per tokenizer call: bounds memory on large corpora
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A user-facing data problem; the message is one line (the CLI prints it and exits 2)."""
 
 

@@ -1,0 +1,178 @@
+"""Checkpoints: safetensors tensors plus one JSON file, written atomically, never unpickled.
+
+A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` holding ``model.safetensors``,
+``optimizer.safetensors`` and ``state.json`` (step, data position, RNG, hashes). It is written
+under a temporary name and renamed into place, so a run killed at any moment leaves either the
+whole checkpoint or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from cartspec.errors import UserError
+
+FORMAT = 1
+_STEP_DIR = re.compile(r"^step_(\d{7,})$")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    step: int
+    state: dict[str, Any]
+    path: Path
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".step_{step:07d}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(_unwrap(model), str(tmp / "model.safetensors"))
+    tensors, groups = _flatten_optimizer(optimizer.state_dict())
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(tmp / "rng.safetensors"))
+    body = {"format": FORMAT, "step": step, "optimizer_groups": groups, **state}
+    (tmp / "state.json").write_text(json.dumps(body, indent=2))
+    for f in tmp.iterdir():
+        _fsync(f)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoint folders, oldest first (temporary folders are ignored)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The JSON part of a checkpoint; a missing or corrupt one is a UserError naming it."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not a checkpoint (no state.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}/state.json: corrupt checkpoint ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
+        raise UserError(f"{path}/state.json: not a cartspec checkpoint of format {FORMAT}")
+    for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        if not (path / name).is_file():
+            raise UserError(f"{path}: incomplete checkpoint, {name} is missing")
+    return state
+
+
+def newest_valid(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose files all read back; older ones are tried in turn."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            read_state(path)
+            for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
+                load_file(str(path / name))
+        except (UserError, SafetensorError, OSError):
+            continue
+        return path
+    return None
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load model weights (strict); shared tensors come back shared."""
+    try:
+        missing, unexpected = load_model(_unwrap(model), str(path / "model.safetensors"), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}/model.safetensors: corrupt checkpoint ({e})") from None
+    except RuntimeError as e:  # shapes differ: another model
+        raise UserError(f"{path}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Loaded:
+    """Load weights, optimizer state and RNG state; returns the step and the JSON state."""
+    state = read_state(path)
+    load_weights(path, model)
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        rng = load_file(str(path / "rng.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: corrupt checkpoint ({e})") from None
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer_groups"]))
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available():
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    return Loaded(int(state["step"]), state, path)
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors: dict[str, torch.Tensor] = {}
+    for index, slots in sd["state"].items():
+        for name, value in slots.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{index}.{name}"] = t.detach().contiguous().cpu()
+    return tensors, sd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,46 @@
+"""Import generated model modules, compiling a spec first when its module is missing or stale."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from cartspec.codegen.render import render
+from cartspec.codegen.write import write_atomic
+from cartspec.spec import Resolved
+
+
+def import_module(path: str | Path) -> ModuleType:
+    """Import a generated file by path under a name unique to its content.
+
+    The module is registered in ``sys.modules`` (dataclasses need that) under a name that
+    includes a hash of the source, so two versions of one spec never shadow each other.
+    """
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    name = f"cartspec_generated_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def compiled_module(
+    resolved: Resolved, out_dir: str | Path, filename: str | None = None
+) -> tuple[ModuleType, Path]:
+    """Render the spec into ``out_dir/<filename or name.py>`` (rewritten only when it changed) and
+    import it."""
+    target = Path(out_dir) / (filename or f"{resolved.spec.name}.py")
+    write_atomic(target, render(resolved))
+    return import_module(target), target
