@@ -91,7 +91,7 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with RoPE; kv_heads < n_heads is GQA."""
+    """Multi-head self-attention with RoPE."""
 
     def __init__(self, config: Config, kv_heads: int, rotary: Rotary):
         super().__init__()
@@ -107,9 +107,6 @@ class SelfAttention(nn.Module):
         k = split_heads(self.k_proj(x), self.kv_heads)
         v = split_heads(self.v_proj(x), self.kv_heads)
         q, k = self.rotary(q, k)
-        if self.kv_heads != self.n_heads:  # GQA: each K/V head serves n_heads / kv_heads queries
-            k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(merge_heads(y))
 

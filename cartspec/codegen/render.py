@@ -17,7 +17,7 @@ import jinja2
 from cartspec import __version__
 from cartspec.graph import LAYER_BLOCKS, ModelGraph, kv_latent
 from cartspec.loader import display
-from cartspec.schema import MHA, MLA, Core, Cross, Spec, Stack
+from cartspec.schema import MHA, MLA, Core, Cross, ModelConfig, Spec, Stack
 from cartspec.spec import Resolved
 
 
@@ -35,6 +35,7 @@ class AttentionClass:
     template: str
     rope: bool
     causal: bool
+    grouped: bool = False  # GQA/MQA: K, V heads repeated to the query heads
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,10 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
 
     attention_classes: dict[tuple, AttentionClass] = {}
     for a in attentions:
-        key = _attention_key(a)
+        key = _attention_key(a, m)
         if key not in attention_classes:
-            attention_classes[key] = _attention_class(a)
-    layers = _layer_classes(stacks, attention_classes)
+            attention_classes[key] = _attention_class(a, m)
+    layers = _layer_classes(stacks, attention_classes, m)
 
     core = _core_context(spec, b.core, attention_classes) if b.core else None
     ctx = {
@@ -135,6 +136,9 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
         "attention_classes": list(attention_classes.values()),
         "layer_classes": list({lc.name: lc for lc, _ in layers.values()}.values()),
         "anchor": b.anchor,
+        "anchor_grouped": b.anchor is not None
+        and b.anchor.kind == "kv"
+        and (b.anchor.kv_heads or m.n_heads) < m.n_heads,
         "core": core,
         "tied": m.tie_embeddings,
         "needs_math": bool(core and (core["gate_kind"] == "lti" or core["loop_embedding"])),
@@ -147,15 +151,24 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
     return ctx
 
 
-def _attention_key(a: MHA | MLA | Cross) -> tuple:
-    return (a.kind, getattr(a, "rope", False), a.causal)
+def _grouped(a: MHA | MLA | Cross, m: ModelConfig) -> bool:
+    return isinstance(a, MHA) and (a.kv_heads or m.n_heads) < m.n_heads
 
 
-def _attention_class(a: MHA | MLA | Cross) -> AttentionClass:
-    base = {"mha": "SelfAttention", "mla": "LatentSelfAttention", "cross": "AnchorCrossAttention"}[a.kind]
+def _attention_key(a: MHA | MLA | Cross, m: ModelConfig) -> tuple:
+    return (a.kind, getattr(a, "rope", False), a.causal, _grouped(a, m))
+
+
+def _attention_class(a: MHA | MLA | Cross, m: ModelConfig) -> AttentionClass:
+    grouped = _grouped(a, m)
+    base = {
+        "mha": "GroupedQueryAttention" if grouped else "SelfAttention",
+        "mla": "LatentSelfAttention",
+        "cross": "AnchorCrossAttention",
+    }[a.kind]
     rope = bool(getattr(a, "rope", False))
     suffix = ("NoRope" if a.kind != "cross" and not rope else "") + ("" if a.causal else "Bidirectional")
-    return AttentionClass(base + suffix, f"{a.kind}.py.j2", rope, a.causal)
+    return AttentionClass(base + suffix, f"{a.kind}.py.j2", rope, a.causal, grouped)
 
 
 def _size_arg(a: MHA | MLA) -> str:
@@ -163,7 +176,7 @@ def _size_arg(a: MHA | MLA) -> str:
 
 
 def _layer_classes(
-    stacks: list[tuple[str, Stack]], attention_classes: dict
+    stacks: list[tuple[str, Stack]], attention_classes: dict, spec_model: ModelConfig
 ) -> dict[str, tuple[LayerClass, str]]:
     """One layer class per distinct structure, named after the first block that uses it."""
     names = {"prelude": "PreludeLayer", "coda": "CodaLayer", "stack": "Layer"}
@@ -171,7 +184,7 @@ def _layer_classes(
     by_key: dict[tuple, LayerClass] = {}
     out: dict[str, tuple[LayerClass, str]] = {}
     for block, stack in stacks:
-        key = _attention_key(stack.attention)
+        key = _attention_key(stack.attention, spec_model)
         cls = attention_classes[key]
         if key not in by_key:
             by_key[key] = LayerClass(
@@ -184,7 +197,7 @@ def _layer_classes(
 def _core_context(spec: Spec, core: Core, attention_classes: dict) -> dict:
     a = core.attention
     cross = isinstance(a, Cross)
-    cls = attention_classes[_attention_key(a)]
+    cls = attention_classes[_attention_key(a, spec.model)]
     form = core.gate.form if core.gate is not None and core.gate.kind == "lti" else None
     what = "cross-attends to the anchor's K, V" if cross else "attends to itself"
     return {
