@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECS = ROOT / "specs"
 
 CliResult = tuple[int, str, str]  # (exit code, stdout, stderr)
 
@@ -42,13 +41,13 @@ def run_cli_in_process(*args: str) -> CliResult:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli() -> Callable[..., CliResult]:
     """``run_cli(*args) -> (rc, stdout, stderr)`` from a real ``python -m cartspec`` process."""
     return run_cli_process
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli() -> Callable[..., CliResult]:
     """``cli(*args) -> (rc, stdout, stderr)`` in-process; use it for everything but the process-level checks."""
     return run_cli_in_process
