@@ -299,7 +299,7 @@ def _apply_share_groups(graph: ModelGraph, problems: list[tuple[Path_, str]]) ->
             if not found:
                 known = ", ".join(layer_modules[:8]) + (" ..." if len(layer_modules) > 8 else "")
                 problems.append(
-                    ((*at, "members", mi), f"'{member}' names no shareable module (have: {known})")
+                    ((*at, "members", mi), f"{member!r} names no shareable module (have: {known})")
                 )
             for module in found:
                 if module in claimed:

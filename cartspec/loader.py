@@ -23,6 +23,20 @@ MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything larger is a mista
 MAX_YAML_NODES = 100_000  # stops alias bombs before they are expanded
 MAX_EXTENDS_DEPTH = 16
 PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+MAX_FLOW_DEPTH = 64  # [ and { nesting; a spec needs a handful
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing flow collections nested deeper than MAX_FLOW_DEPTH: its
+    scanner does work proportional to the depth for every token, so ``[[[[...`` a few hundred
+    thousand deep would take hours."""
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested too deeply (more than {MAX_FLOW_DEPTH} levels)", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
 
 
 @dataclass
@@ -47,12 +61,21 @@ class Loaded:
 
 
 def display(path: Path) -> str:
-    """A path as the user would type it: relative to the working directory when inside it."""
+    """A path as the user would type it: relative to the working directory when inside it.
+
+    Non-printable characters (a newline in a file name) are escaped, so an error stays one line
+    and a path written into a generated file's banner cannot start a line of code.
+    """
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
-        return Path(path).as_posix()
-    return Path(path).as_posix() if rel.startswith("..") else Path(rel).as_posix()
+        return printable(Path(path).as_posix())
+    return printable(Path(path).as_posix() if rel.startswith("..") else Path(rel).as_posix())
+
+
+def printable(text: str) -> str:
+    """``text`` unchanged when printable, else with backslash escapes (one line, no control codes)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _read_text(path: Path) -> str:
@@ -141,6 +164,11 @@ class _Builder:
                         )
                     )
                     continue
+                if not key.isprintable():  # no spec key has a newline; keeps every error one line
+                    self.problems.append(
+                        Problem(_mark(self.file, key_node), _dotted(path), f"key {key!r} is not a name")
+                    )
+                    continue
                 if key in out:
                     self.problems.append(
                         Problem(_mark(self.file, key_node), _dotted((*path, key)), "duplicate key")
@@ -167,8 +195,9 @@ def _yaml_problem(file: str, e: yaml.YAMLError) -> Problem:
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        return Problem(where, "", f"invalid YAML: {e.problem or e.context}")
-    return Problem(file, "", f"invalid YAML: {e}")
+        return Problem(where, "", f"invalid YAML: {printable(str(e.problem or e.context))}")
+    # a ReaderError (a control character in the text): its first line; the rest names the stream
+    return Problem(file, "", f"invalid YAML: {printable(str(e).splitlines()[0])}")
 
 
 def read_yaml(path: Path) -> Loaded:
@@ -176,9 +205,11 @@ def read_yaml(path: Path) -> Loaded:
     text = _read_text(path)
     file = display(path)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_SafeLoader)
     except yaml.YAMLError as e:
         raise SpecError([_yaml_problem(file, e)]) from None
+    except RecursionError:  # PyYAML composes recursively: [[[[... a few thousand deep
+        raise SpecError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
     if node is None:
         raise SpecError(
             [Problem(file, "", "empty file, expected a YAML mapping with name:, model: and blocks:")]
@@ -187,12 +218,39 @@ def read_yaml(path: Path) -> Loaded:
         raise SpecError([Problem(_mark(file, node), "", "a spec must be a YAML mapping")])
     builder = _Builder(file)
     try:
+        if _expanded_size(node) > MAX_YAML_NODES:  # counted on the composed graph: no expansion
+            raise SpecError(
+                [Problem(_mark(file, node), "", f"more than {MAX_YAML_NODES:,} YAML nodes (alias bomb?)")]
+            )
         data = builder.build(node, ())
     except yaml.YAMLError as e:  # e.g. a tag the safe loader refuses (!!python/object)
         raise SpecError([_yaml_problem(file, e)]) from None
+    except RecursionError:
+        raise SpecError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
     if builder.problems:
         raise SpecError(builder.problems)
     return Loaded(data=data, where=builder.where, files=[path], text=text)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes ``root`` has once every alias is expanded, in time linear in the composed
+    (unexpanded) graph; a recursive alias counts as too many."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = MAX_YAML_NODES + 1  # until known: a node inside itself is infinite
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = min(total, MAX_YAML_NODES + 1)
+        return sizes[id(node)]
+
+    return size(root)
 
 
 def merge(base: Loaded, over: Loaded) -> Loaded:
@@ -260,18 +318,20 @@ def load(
 
 def apply_set(loaded: Loaded, override: str) -> Loaded:
     """Apply one ``dotted.path=value`` override; the value is parsed as YAML."""
-    where = f"--set {override}"
+    where = f"--set {printable(override)}"
     if "=" not in override:
         raise SpecError([Problem(where, "", "expected dotted.path=value")])
     key, _, raw = override.partition("=")
     parts = [p for p in key.strip().split(".")]
-    if not key.strip() or any(not p for p in parts):
+    if not key.strip() or any(not p for p in parts) or not key.isprintable():
         raise SpecError([Problem(where, "", f"bad path {key!r}")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_SafeLoader) if raw.strip() else None  # a SafeLoader
     except yaml.YAMLError as e:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError([Problem(where, key, f"value is not valid YAML: {problem}")]) from None
+    except RecursionError:
+        raise SpecError([Problem(where, key, "value is not valid YAML: nested too deeply")]) from None
     if key.strip() == "extends":
         raise SpecError([Problem(where, key, "extends cannot be set from the command line")])
     path: list[str | int] = []

@@ -203,6 +203,14 @@ class HyperMix(Strict):
             raise ValueError(f"{len(v)} weights but taps is {taps}")
         return v
 
+    @field_validator("init")
+    @classmethod
+    def _init_finite(cls, v: list[float] | None) -> list[float] | None:
+        # the weights become float literals in the generated code: nan or inf would not even import
+        if v is not None and not all(math.isfinite(w) and abs(w) <= 1e4 for w in v):
+            raise ValueError(f"weights must be finite numbers in [-1e4, 1e4], got {v}")
+        return v
+
     @property
     def init_weights(self) -> list[float]:
         return list(self.init) if self.init is not None else [1.0] + [0.0] * (self.taps - 1)

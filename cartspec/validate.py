@@ -43,7 +43,7 @@ def _problem(loaded: Loaded, err: dict[str, Any]) -> Problem:
             if guess
             else (f"; allowed: {', '.join(fields)}" if fields else "")
         )
-        message = f"unknown key '{key}'{hint}"
+        message = f"unknown key {key!r}{hint}"
     elif kind == "missing":
         message = f"missing required key '{path[-1]}'"
     elif kind == "union_tag_invalid":

@@ -80,3 +80,19 @@ def write_spec(spec_dir: Path) -> Callable[..., Path]:
         return write_text(spec_dir, text, name)
 
     return write
+
+
+# Hypothesis profiles: "ci" (HYPOTHESIS_PROFILE=ci, set by .ci/run) draws the full budget with a fixed
+# seed, so a failure reproduces anywhere; "dev" (the default) draws fewer, fresh examples each run.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -123,7 +123,7 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
         "version": __version__,
         "sha256": architecture_sha256(spec),
         "name": spec.name,
-        "class_name": class_name(spec.name),
+        "class_name": _model_class_name(spec.name, attention_classes, layers),
         "summary": _summary(spec),
         "config_fields": _config_fields(spec, stacks, rope_bases),
         "norm_kind": m.norm.kind,
@@ -149,6 +149,26 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
     }
     ctx.update(_forward_context(spec, core))
     return ctx
+
+
+# Names every generated module may define at top level (besides the spec-dependent attention and
+# layer classes): the model class must shadow none of them.
+BUILDING_BLOCKS = frozenset(
+    {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "MLP", "AnchorKV", "LTIGate", "StateMix"}
+    | {"LoopEmbedding", "CoreBlock", "CoreLayer"}
+)
+
+
+def _model_class_name(name: str, attention_classes: dict, layers: dict) -> str:
+    """class_name(name), suffixed with ``Model`` when it would shadow a building block (a spec
+    named ``rotary`` or ``config``)."""
+    taken = (
+        BUILDING_BLOCKS
+        | {c.name for c in attention_classes.values()}
+        | {lc.name for lc, _ in layers.values()}
+    )
+    cls = class_name(name)
+    return f"{cls}Model" if cls in taken else cls
 
 
 def _grouped(a: MHA | MLA | Cross, m: ModelConfig) -> bool:
@@ -206,6 +226,9 @@ def _core_context(spec: Spec, core: Core, attention_classes: dict) -> dict:
         "attn_cls": cls.name,
         "size_field": "" if cross else f"config.core_{_size_arg(a)}",
         "layers": core.layers,
+        "layers_lines": module_list(
+            8, "layers", f"CoreLayer(config{', rotary' if cls.rope else ''})", "config.core_layers"
+        ),
         "layer_cls": "CoreBlock" if core.layers == 1 else "CoreLayer",
         "layer_doc": f"The core {'block' if core.layers == 1 else 'layer'}: {what}",
         "contractive": form == "contractive",
@@ -404,13 +427,18 @@ def _init_lines(spec: Spec, graph: ModelGraph, stacks, layers, core: dict | None
 def _forward_context(spec: Spec, core: dict | None) -> dict:
     b = spec.blocks
     if not core:
-        lines = ["for layer in self.stack:" if b.stack else "for layer in self.prelude:", "    x = layer(x)"]
+        lines = [
+            line
+            for block in LAYER_BLOCKS  # stack, prelude, coda: whichever the spec has, in order
+            if getattr(b, block) is not None
+            for line in (f"for layer in self.{block}:", "    x = layer(x)")
+        ]
         return {
             "loops_check": [
                 "if loops is not None:",
                 '    raise ValueError("this model has no loops to override")',
             ],
-            "forward_lines": lines + (["for layer in self.coda:", "    x = layer(x)"] if b.coda else []),
+            "forward_lines": lines,
             "stats_doc": "A model without a loop has no gate or blend to report.",
             "stats_lines": ["return {}"],
         }

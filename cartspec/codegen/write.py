@@ -16,8 +16,13 @@ def write_atomic(path: Path, text: str) -> bool:
     Readers (and a second ``compile`` running at once) see the old file or the new one, never
     half of one.
     """
-    if path.exists() and path.read_text(encoding="utf-8") == text:
-        return False
+    if path.is_dir():
+        raise UserError(f"{path}: a directory stands where the generated file should be written")
+    try:
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the existing file ({e})") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -27,6 +32,9 @@ def write_atomic(path: Path, text: str) -> bool:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write it ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,326 @@
+"""Properties every valid spec has, over random specs of the whole language (tests/strategies.py).
+
+The compiler-only properties run many examples; the ones that build a torch model run fewer. The
+``ci`` hypothesis profile (HYPOTHESIS_PROFILE=ci) draws the full budget with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from safetensors.torch import save_model
+from strategies import counts, examples, extended_specs, resolved, shared_modules, valid_specs, write_files
+
+from cartspec.accounting import account
+from cartspec.codegen.render import render
+from cartspec.loader import load
+from cartspec.runtime import checkpoint
+from cartspec.runtime.generated import compiled_module
+from cartspec.spec import resolve
+
+MANY = settings(max_examples=examples(ci=200, dev=40))
+SOME = settings(max_examples=examples(ci=100, dev=25))
+TORCH = settings(max_examples=examples(ci=35, dev=8))
+
+
+# ----------------------------------------------------------------------------- the compiler
+
+
+@MANY
+@given(spec=valid_specs())
+def test_every_drawn_spec_validates_and_counts_as_the_definitions_say(spec):
+    report = account(resolved(spec).graph)
+    assert (report.stored, report.effective) == counts(spec)
+
+
+@MANY
+@given(spec=valid_specs())
+def test_effective_is_at_least_stored(spec):
+    report = account(resolved(spec).graph)
+    assert report.effective >= report.stored > 0
+
+
+@MANY
+@given(spec=valid_specs())
+def test_stored_is_the_sum_over_sharing_groups_and_effective_the_sum_over_uses(spec):
+    graph = resolved(spec).graph
+    report = account(graph)
+    assert report.stored == sum(g.params for g in graph.groups.values())
+    assert report.effective == sum(graph.groups[u.group].params for u in graph.uses if u.call)
+    assert report.effective == sum(g.params * graph.calls(g.name) for g in graph.groups.values())
+    members = [m for g in graph.groups.values() for m in g.members]
+    assert len(members) == len(set(members)), "a module belongs to one sharing group"
+
+
+@MANY
+@given(spec=valid_specs())
+def test_the_per_block_table_sums_to_the_totals(spec):
+    report = account(resolved(spec).graph)
+    assert sum(b.stored for b in report.blocks) == report.stored
+    assert sum(b.effective for b in report.blocks) == report.effective
+    assert sum(g.stored for g in report.groups) == report.stored
+    assert sum(g.effective for g in report.groups) == report.effective
+    assert report.embedding + report.non_embedding == report.stored
+
+
+@SOME
+@given(spec=valid_specs())
+def test_compile_is_deterministic_and_ignores_key_order(spec):
+    first = render(resolved(spec))
+    assert render(resolved(spec)) == first
+    shuffled = _shuffled(spec, random.Random(len(first)))
+    assert render(resolved(shuffled)) == first
+    ast.parse(first)
+
+
+def _shuffled(data, rng: random.Random):
+    if isinstance(data, dict):
+        items = list(data.items())
+        rng.shuffle(items)
+        return {k: _shuffled(v, rng) for k, v in items}
+    if isinstance(data, list):
+        return [_shuffled(v, rng) for v in data]
+    return data
+
+
+@SOME
+@given(drawn=extended_specs())
+def test_extends_and_set_give_exactly_the_flat_spec(tmp_path_factory, drawn):
+    spec, files = drawn
+    folder = tmp_path_factory.mktemp("extends")
+    write_files(folder, files)
+    loaded = load(folder / files.main, files.sets)
+    assert loaded.data == spec
+    via_files = resolve(folder / files.main, files.sets)
+    assert render(via_files, source="x.yaml") == render(resolved(spec), source="x.yaml")
+
+
+# ----------------------------------------------------------------------------- the generated model
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("generated")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(spec: dict, out: Path, seed: int = 0):
+    r = resolved(spec)
+    module, _ = compiled_module(r, out)
+    torch.manual_seed(seed)
+    return r, module.Model()
+
+
+def batch(spec: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    m = spec["model"]
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, m["vocab_size"], (2, m["max_seq_len"] + 1), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def parameter_uses(model: torch.nn.Module, idx: torch.Tensor, **kwargs) -> int:
+    """Sum over one forward pass of the direct parameters of every module called."""
+    total = 0
+
+    def hook(module, *_):
+        nonlocal total
+        total += sum(p.numel() for p in module.parameters(recurse=False))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(idx, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+M = {
+    "vocab_size": 40,
+    "d_model": 32,
+    "max_seq_len": 12,
+    "head_dim": 8,
+    "ffn": {"kind": "swiglu", "multiple_of": 16},
+}
+# Corners every torch property runs besides the drawn specs, so each feature is met on every run.
+CORNERS = [
+    {  # CART with everything at once, unfrozen anchor, unshared core sharing two of its loops
+        "name": "cart_corner",
+        "model": {**M, "norm": {"kind": "layernorm"}, "ffn": {"kind": "gelu"}, "tie_embeddings": False},
+        "blocks": {
+            "prelude": {"layers": 2, "attention": {"kind": "mla", "kv_latent": 8}},
+            "anchor": {"from": "prelude", "kind": "mla_kv", "recompute": "every_loop"},
+            "core": {
+                "loops": 3,
+                "shared": False,
+                "attention": {"kind": "cross"},
+                "gate": {"kind": "lti", "form": "contractive"},
+                "state_mix": {"kind": "hyper", "taps": 2, "init": [0.5, 0.0]},
+                "loop_embedding": {"kind": "sinusoidal", "dim": 4, "max_loops": 5},
+            },
+            "coda": {"layers": 1, "attention": {"kind": "mla"}},
+        },
+        "share": [{"name": "tied_loops", "members": ["core.loop[0]", "core.loop[2]"]}],
+    },
+    {  # only a coda (no prelude, no core), MQA, both layers one module
+        "name": "coda_only",
+        "model": M,
+        "blocks": {"coda": {"layers": 2, "attention": {"kind": "mha", "kv_heads": 1}}},
+        "share": [{"name": "tied", "members": ["coda.*"]}],
+    },
+    {  # a shared self-attention core (GQA, no RoPE), checkpointed loops, prelude and coda one module
+        "name": "self_core",
+        "model": M,
+        "blocks": {
+            "prelude": {"layers": 1, "attention": {"kind": "mha", "kv_heads": 2, "rope": False}},
+            "core": {
+                "loops": 2,
+                "layers": 2,
+                "attention": {"kind": "mha", "kv_heads": 2, "rope": False},
+                "gate": {"kind": "residual"},
+                "state_mix": {"kind": "hyper", "taps": 1},
+                "checkpoint": True,
+            },
+            "coda": {"layers": 1, "attention": {"kind": "mha", "kv_heads": 2, "rope": False}},
+        },
+        "share": [{"name": "ends", "members": ["prelude.0", "coda.0"]}],
+    },
+    {  # a dense, bidirectional stack named like a building block of the generated module
+        "name": "rotary",
+        "model": M,
+        "blocks": {"stack": {"layers": 3, "attention": {"kind": "mha", "causal": False, "rope_base": 500.0}}},
+        "share": [{"name": "albert", "members": ["stack.*"]}],
+    },
+    {  # the anchor read straight from the embedding, full-rank GQA K and V
+        "name": "config",
+        "model": {**M, "tie_embeddings": False},
+        "blocks": {
+            "anchor": {"from": "embedding", "kind": "kv", "kv_heads": 2},
+            "core": {"loops": 4, "attention": {"kind": "cross", "causal": False}, "gate": {"kind": "lti"}},
+        },
+    },
+]
+
+
+def corners(test):
+    for spec in reversed(CORNERS):
+        test = example(spec=spec)(test)
+    return test
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_generated_model_stores_exactly_the_stored_count(out_dir, spec):
+    r, model = build(spec, out_dir)
+    assert sum(p.numel() for p in model.parameters()) == account(r.graph).stored
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_forward_hooks_count_exactly_the_effective_uses(out_dir, spec):
+    r, model = build(spec, out_dir)
+    idx, _ = batch(spec)
+    assert parameter_uses(model, idx) == account(r.graph).effective
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_a_tiny_forward_gives_a_finite_loss_and_backward_reaches_every_parameter(out_dir, spec):
+    _, model = build(spec, out_dir)
+    idx, targets = batch(spec)
+    logits, loss = model(idx, targets)
+    assert logits.shape == (*idx.shape, spec["model"]["vocab_size"])
+    assert torch.isfinite(loss)
+    loss.backward()
+    core = spec["blocks"].get("core", {})
+    mix = core.get("state_mix")
+    # The blend's gradient is p_i * (s_i - sum_j p_j s_j): zero while every state it blends is the
+    # same copy of e, i.e. with one tap, or one loop (the buffer starts as copies of e).
+    idle_mix = mix is not None and (mix.get("taps", 3) == 1 or core["loops"] == 1)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        if name == "state_mix.weights" and idle_mix:
+            assert p.grad.abs().max() <= 1e-6, f"{name}: {p.grad}"
+        else:
+            assert p.grad.abs().max() > 0, f"{name} has an all-zero gradient"
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_the_loops_override_runs_within_the_table_and_refuses_beyond_it(out_dir, spec):
+    _, model = build(spec, out_dir)
+    idx, _ = batch(spec)
+    core = spec["blocks"].get("core")
+    if core is None:
+        with pytest.raises(ValueError):
+            model(idx, loops=1)
+        return
+    loops = core["loops"]
+    with pytest.raises(ValueError):
+        model(idx, loops=0)
+    if not core.get("shared", True):
+        model(idx, loops=loops)
+        with pytest.raises(ValueError):
+            model(idx, loops=loops + 1)
+        return
+    table = core.get("loop_embedding")
+    most = table.get("max_loops", 16) if table is not None else loops + 2
+    for n in (1, most):
+        logits, _ = model(idx, loops=n)
+        assert torch.isfinite(logits).all()
+        # the unrolled network at n loops is the spec compiled with loops: n
+        at_n = copy.deepcopy(spec)
+        at_n["blocks"]["core"]["loops"] = n
+        assert parameter_uses(model, idx, loops=n) == account(resolved(at_n).graph).effective
+    if table is not None:
+        with pytest.raises(ValueError):
+            model(idx, loops=most + 1)
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_sharing_survives_a_state_dict_and_a_safetensors_round_trip(out_dir, spec, tmp_path_factory):
+    _, model = build(spec, out_dir, seed=0)
+    for group in shared_modules(spec):
+        first = model.get_submodule(group[0])
+        assert all(model.get_submodule(m) is first for m in group[1:]), group
+
+    def sharing(m: torch.nn.Module) -> list[list[str]]:
+        by_tensor: dict[int, list[str]] = {}
+        for name, p in m.named_parameters(remove_duplicate=False):
+            by_tensor.setdefault(id(p), []).append(name)
+        return sorted(by_tensor.values())
+
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    _, fresh = build(spec, out_dir, seed=1)
+    fresh.load_state_dict(model.state_dict())
+    assert sharing(fresh) == sharing(model)
+    assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_model(model, str(folder / "model.safetensors"))
+    _, restored = build(spec, out_dir, seed=2)
+    checkpoint.load_weights(folder, restored)
+    assert sharing(restored) == sharing(model)
+    assert all(torch.equal(v, saved[k]) for k, v in restored.state_dict().items())
