@@ -51,39 +51,45 @@ def main() -> None:
     if peak is None:
         print(f"warning: no peak-FLOPs entry for {gpu!r}; MFU is not reported (add it to PEAK_BF16)")
     torch.backends.cuda.matmul.allow_tf32 = True
-    print(f"GPU: {gpu}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, torch {torch.__version__}")
+    print(
+        f"GPU: {gpu}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, torch {torch.__version__}"
+    )
     print(f"{'spec':<16} {'eff. params':>12} {'tokens/s':>10} {'MFU':>6}   paper (RTX 3090)")
     for spec in args.specs:
-        resolved, model = generated_model(spec)
-        model = model.cuda()
-        n_eff = account(resolved.graph).effective_paper
-        T = resolved.spec.seq_len
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        step_model = model if args.no_compile else torch.compile(model)
-        x = torch.randint(0, resolved.spec.model.vocab_size, (args.batch, T), device="cuda")
-        y = torch.roll(x, -1, 1)
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                _, loss = step_model(x, y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        for _ in range(5):  # compilation and warm-up, untimed
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        torch.cuda.synchronize()
-        tps = args.steps * args.batch * T / (time.perf_counter() - t0)
-        mfu = f"{tps * 6 * n_eff / peak:>6.1%}" if peak else "   n/a"
-        ref = PAPER.get(resolved.spec.name)
-        paper = f"{ref[0]:,} tok/s, {ref[1]:.0%} MFU" if ref else "-"
-        print(f"{resolved.spec.name:<16} {n_eff:>12,} {tps:>10,.0f} {mfu}   {paper}")
-        del model, step_model, opt
+        measure(spec, args, peak)
         torch.cuda.empty_cache()
+
+
+def measure(spec: str, args: argparse.Namespace, peak: float | None) -> None:
+    """Time ``args.steps`` training steps of one spec after an untimed warm-up and print a row."""
+    resolved, model = generated_model(spec)
+    model = model.cuda()
+    n_eff = account(resolved.graph).effective_paper
+    T = resolved.spec.seq_len
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    step_model = model if args.no_compile else torch.compile(model)
+    x = torch.randint(0, resolved.spec.model.vocab_size, (args.batch, T), device="cuda")
+    y = torch.roll(x, -1, 1)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = step_model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(5):  # compilation and warm-up, untimed
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    tps = args.steps * args.batch * T / (time.perf_counter() - t0)
+    mfu = f"{tps * 6 * n_eff / peak:>6.1%}" if peak else "   n/a"
+    ref = PAPER.get(resolved.spec.name)
+    paper = f"{ref[0]:,} tok/s, {ref[1]:.0%} MFU" if ref else "-"
+    print(f"{resolved.spec.name:<16} {n_eff:>12,} {tps:>10,.0f} {mfu}   {paper}")
 
 
 if __name__ == "__main__":

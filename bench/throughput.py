@@ -19,11 +19,22 @@ SPECS = {"cart_tiny": "specs/tiny/cart_tiny.yaml", "dense_tiny": "specs/tiny/den
 
 
 def reference_for(resolved) -> torch.nn.Module:
-    m, b, s = resolved.spec.model, resolved.spec.blocks, resolved.spec
+    m, b = resolved.spec.model, resolved.spec.blocks
     torch.manual_seed(0)
     if b.stack is not None:
-        return HandDense(m.vocab_size, m.d_model, m.head_dim, b.stack.layers, m.max_seq_len, m.ffn.multiple_of)
-    return HandCART(m.vocab_size, m.d_model, m.head_dim, b.prelude.layers, b.core.loops, b.coda.layers, m.max_seq_len, m.ffn.multiple_of)
+        return HandDense(
+            m.vocab_size, m.d_model, m.head_dim, b.stack.layers, m.max_seq_len, m.ffn.multiple_of
+        )
+    return HandCART(
+        m.vocab_size,
+        m.d_model,
+        m.head_dim,
+        b.prelude.layers,
+        b.core.loops,
+        b.coda.layers,
+        m.max_seq_len,
+        m.ffn.multiple_of,
+    )
 
 
 def step_fn(model, batch, device, generated: bool):
@@ -51,7 +62,9 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(torch.get_num_threads())
-    print(f"{'model':<11} {'mode':<9} {'params gen/ref':>21} {'generated s/step':>17} {'reference s/step':>17} {'speed ratio':>11}")
+    print(
+        f"{'model':<11} {'mode':<9} {'params gen/ref':>21} {'generated s/step':>17} {'reference s/step':>17} {'speed ratio':>11}"
+    )
     for name, path in SPECS.items():
         resolved, gen = generated_model(path)
         ref = reference_for(resolved)
@@ -59,17 +72,24 @@ def main() -> None:
         n_gen, n_ref = (sum(p.numel() for p in m.parameters()) for m in (gen, ref))
         t = resolved.spec.train
         g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, resolved.spec.model.vocab_size, (t.micro_batch, resolved.spec.seq_len), generator=g).to(device)
+        x = torch.randint(
+            0, resolved.spec.model.vocab_size, (t.micro_batch, resolved.spec.seq_len), generator=g
+        ).to(device)
         batch = (x, torch.roll(x, -1, 1))
         modes = [("eager", lambda m: m)] + ([("compiled", torch.compile)] if args.compile else [])
         for mode, wrap in modes:
             times = median_time(
-                {"gen": step_fn(wrap(gen), batch, device, True), "ref": step_fn(wrap(ref), batch, device, False)},
+                {
+                    "gen": step_fn(wrap(gen), batch, device, True),
+                    "ref": step_fn(wrap(ref), batch, device, False),
+                },
                 repeats=args.steps,
                 warmup=3 if mode == "compiled" else 2,
             )
             ratio = times["ref"] / times["gen"]
-            print(f"{name:<11} {mode:<9} {n_gen:>10,}/{n_ref:<10,} {times['gen']:>17.4f} {times['ref']:>17.4f} {ratio:>10.3f}x")
+            print(
+                f"{name:<11} {mode:<9} {n_gen:>10,}/{n_ref:<10,} {times['gen']:>17.4f} {times['ref']:>17.4f} {ratio:>10.3f}x"
+            )
 
 
 if __name__ == "__main__":
