@@ -275,6 +275,101 @@ def sample(
 
 
 @app.command()
+@user_errors
+def parity(
+    spec: SpecArg,
+    match: Annotated[
+        str, typer.Option("--match", help="stored, effective or flops (forward FLOPs per sequence).")
+    ],
+    set_: Sets = [],  # noqa: B006
+    vary: Annotated[str, typer.Option("--vary", help="layers (depth) or width (d_model).")] = "layers",
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            "--rule",
+            help="nearest, at-most or at-least (default: at-most for stored, at-least for effective and flops).",
+        ),
+    ] = None,
+    layers: Annotated[
+        int | None,
+        typer.Option(
+            "--layers", help="Depth for --vary width (default: prelude + core + coda layers).", min=1
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the dense spec here.")] = None,
+) -> None:
+    """The dense baseline of a looped spec at stored, effective or FLOP parity, as a standalone spec."""
+    from cartspec.parity import describe, find
+    from cartspec.spec import resolve
+
+    found = find(resolve(spec, set_), match, vary, rule, layers)
+    lines = describe(found)
+    if out is None:
+        sys.stdout.write(found.yaml())
+        print("\n".join(lines), file=sys.stderr)
+        return
+    from cartspec.codegen.write import write_atomic
+
+    write_atomic(out, found.yaml())
+    print("\n".join([*lines, f"wrote    {out}  ({found.name})"]))
+
+
+@app.command()
+@user_errors
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML file.", show_default=False)],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Sweep folder (default sweeps/<sweep name>).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the configs and their counts; train nothing.")
+    ] = False,
+    print_commands: Annotated[
+        bool,
+        typer.Option(
+            "--print-commands",
+            help="Print one `cartspec train` command per config (writing parity baselines' specs to <out>/specs); train nothing.",
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train every config of a sweep one after another, resumably; results go to <out>/results.db."""
+    from cartspec import sweep as sweeps
+
+    if dry_run and print_commands:
+        raise UserError("--dry-run and --print-commands: pick one")
+    plan = sweeps.plan(sweep_file, out)
+    if dry_run:
+        print("\n".join(sweeps.dry_run_lines(plan)))
+        return
+    if print_commands:
+        for path in sweeps.write_derived_specs(plan):
+            print(f"# wrote {path} (a parity baseline's spec)", file=sys.stderr)
+        print("\n".join(sweeps.commands(plan)))
+        return
+    done, failed = sweeps.run(plan, device)
+    print(f"{done} done, {failed} failed; results in {plan.out_dir / 'results.db'}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@user_errors
+def report_(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep folder (holds results.db).", show_default=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", help="Folder for report.md and plots (default: the sweep folder)."),
+    ] = None,
+) -> None:
+    """A markdown report with tables and PNG plots from a sweep's results."""
+    from cartspec.experiments_report import write_report
+
+    path = write_report(sweep_dir, out)
+    print(f"wrote {path}")
+
+
+@app.command()
 def schema() -> None:
     """The JSON Schema of the spec language (for editors: yaml-language-server)."""
     from cartspec.schema import Spec
