@@ -44,9 +44,14 @@ def main() -> None:
     args = p.parse_args()
     resolved, model = generated_model(args.spec)
     model = model.to(args.device)
-    x = torch.randint(0, resolved.spec.model.vocab_size, (args.batch, resolved.spec.seq_len), device=args.device)
+    x = torch.randint(
+        0, resolved.spec.model.vocab_size, (args.batch, resolved.spec.seq_len), device=args.device
+    )
     rows = {}
-    print(f"{'R':>3} {'saved MB (plain)':>17} {'saved MB (ckpt)':>16} {'ckpt / plain':>13}" + ("  peak MB plain / ckpt" if x.is_cuda else ""))
+    print(
+        f"{'R':>3} {'saved MB (plain)':>17} {'saved MB (ckpt)':>16} {'ckpt / plain':>13}"
+        + ("  peak MB plain / ckpt" if x.is_cuda else "")
+    )
     for loops in range(1, args.max_loops + 1):
         model.checkpoint_loops = False
         plain, peak_plain = saved_bytes(model, x, loops)

@@ -83,7 +83,12 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, d: int, heads: int, hidden: int, latent: int = 0):
         super().__init__()
-        self.n1, self.attn, self.n2, self.ffn = RMSNorm(d), Attention(d, heads, latent), RMSNorm(d), FFN(d, hidden)
+        self.n1, self.attn, self.n2, self.ffn = (
+            RMSNorm(d),
+            Attention(d, heads, latent),
+            RMSNorm(d),
+            FFN(d, hidden),
+        )
 
     def forward(self, x, cos, sin):
         x = x + self.attn(self.n1(x), cos, sin)
@@ -108,13 +113,26 @@ class Core(nn.Module):
 
 
 class HandCART(nn.Module):
-    def __init__(self, vocab: int, d: int, head_dim: int, prelude: int, loops: int, coda: int, T: int, multiple_of: int = 256):
+    def __init__(
+        self,
+        vocab: int,
+        d: int,
+        head_dim: int,
+        prelude: int,
+        loops: int,
+        coda: int,
+        T: int,
+        multiple_of: int = 256,
+    ):
         super().__init__()
         heads, hidden, latent = d // head_dim, swiglu_hidden(d, multiple_of), d // 4
         self.loops, self.h = loops, heads
         self.emb = nn.Embedding(vocab, d)
         self.prelude = nn.ModuleList(Block(d, heads, hidden, latent) for _ in range(prelude))
-        self.anchor_down, self.anchor_kv = nn.Linear(d, latent, bias=False), nn.Linear(latent, 2 * d, bias=False)
+        self.anchor_down, self.anchor_kv = (
+            nn.Linear(d, latent, bias=False),
+            nn.Linear(latent, 2 * d, bias=False),
+        )
         self.core = Core(d, heads, hidden)
         self.a = nn.Parameter(torch.full((d,), math.log(9.0)))
         self.w = nn.Parameter(torch.tensor([1.0, 0.0, 0.0]))

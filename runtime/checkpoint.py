@@ -50,7 +50,8 @@ def save(
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".step_*") if root.is_dir() else []:  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(_unwrap(model), str(tmp / "model.safetensors"))
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
@@ -64,12 +65,19 @@ def save(
     for f in tmp.iterdir():
         _fsync(f)
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(tmp, final)
     _fsync(root)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Rename out of the ``step_*`` namespace first, so a kill mid-delete leaves no half folder there."""
+    doomed = path.with_name(f".{path.name}.{os.getpid()}.old")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -85,8 +93,10 @@ def read_state(path: Path) -> dict[str, Any]:
     """The JSON part of a checkpoint; a missing or corrupt one is a UserError naming it."""
     try:
         state = json.loads((path / "state.json").read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{path}: not a checkpoint (no state.json)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}/state.json: corrupt checkpoint ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:

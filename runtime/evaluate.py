@@ -10,7 +10,14 @@ import numpy as np
 import torch
 
 from cartspec.errors import UserError
-from cartspec.runtime.data import default_cache_dir, is_bin_source, load_documents, open_bin, val_batches
+from cartspec.runtime.data import (
+    default_cache_dir,
+    is_bin_source,
+    load_documents,
+    open_bin,
+    prepare_tokens,
+    val_batches,
+)
 from cartspec.runtime.tokenizer import Tokenizer
 from cartspec.runtime.train import autocast, evaluate, load_run, pick_device, prepare_data
 from cartspec.schema import Spec
@@ -26,7 +33,14 @@ class LoopRow:
 def _validation_tokens(spec: Spec, tokenizer: Tokenizer | None, data: str | None) -> np.ndarray:
     """The run's own validation split, or all of ``data`` tokenized with the run's tokenizer."""
     if data is None:
-        return prepare_data(spec, default_cache_dir())[1].val
+        source = spec.train.data
+        if tokenizer is None or is_bin_source(source.source):
+            return prepare_data(spec, default_cache_dir())[1].val
+        # the run's tokenizer.json, not one rebuilt from a corpus that may have changed since
+        documents = load_documents(source.source)
+        return prepare_tokens(
+            documents, tokenizer, default_cache_dir(), source.val_fraction, spec.model.vocab_size
+        ).val
     if is_bin_source(data):
         return open_bin(data)
     if tokenizer is None:

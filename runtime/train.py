@@ -167,11 +167,7 @@ class Metrics:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = [line for line in path.read_text().splitlines() if _line_step(line) <= resume_step]
             write_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
 
@@ -180,6 +176,14 @@ class Metrics:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _line_step(line: str) -> float:
+    """The step of a metrics line; a blank or torn one (a write cut by power loss) sorts last."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return math.inf
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -194,25 +198,21 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
     except OSError as e:
         raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
     resume_from = _resume_path(run_dir, options.resume)
-    if resume_from is None and options.resume is None and checkpoint.list_checkpoints(run_dir):
-        raise UserError(
-            f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or --out for a new run"
+    if resume_from is None and checkpoint.list_checkpoints(run_dir):
+        if options.resume is None:
+            raise UserError(
+                f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or --out for a new run"
+            )
+        raise UserError(  # --resume auto: starting over would overwrite the run's metrics
+            f"{run_dir}: none of its checkpoints reads back whole; refusing to start over on top of them"
         )
 
     tokenizer, splits = prepare_data(spec, options.cache_dir or default_cache_dir())
-    torch.manual_seed(t.seed)
-    module, _ = compiled_module(resolved, run_dir, "model.py")
-    model = module.Model().to(device)
-    optimizer = build_optimizer(model, t, device)
-    stream = BatchStream(splits.train, spec.seq_len, t.micro_batch)
-    val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
     state = {
         "architecture_sha256": architecture_sha256(spec),
         "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
     }
-
-    start = 0
-    if resume_from is not None:
+    if resume_from is not None:  # before model.py is rewritten: a refused resume leaves the run as it was
         saved = checkpoint.read_state(resume_from)
         if saved.get("architecture_sha256") != state["architecture_sha256"]:
             raise UserError(
@@ -222,6 +222,16 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
             raise UserError(
                 f"{resume_from}: checkpoint was trained with another tokenizer or corpus; refusing to resume"
             )
+
+    torch.manual_seed(t.seed)
+    module, _ = compiled_module(resolved, run_dir, "model.py")
+    model = module.Model().to(device)
+    optimizer = build_optimizer(model, t, device)
+    stream = BatchStream(splits.train, spec.seq_len, t.micro_batch)
+    val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
+
+    start = 0
+    if resume_from is not None:
         start = checkpoint.restore(resume_from, model, optimizer).step
         stream.load_state_dict(saved["data"])
 

@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer as HFCore
+from tokenizers import models
+
 from cartspec.runtime import tokenizer as tokenizer_mod
 from cartspec.runtime.data import (
     BatchStream,
@@ -30,10 +35,6 @@ from cartspec.runtime.tokenizer import (
     load_tokenizer_file,
     train_bpe,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from tokenizers import Tokenizer as HFCore
-from tokenizers import models
 
 DOCS = ["first document", "second one, a bit longer", "third: naïve ✓", "fourth and last"]
 

@@ -1,0 +1,304 @@
+"""Bad input at the runtime commands (train, eval, sample): exit code 2, one line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cartspec.runtime import checkpoint
+from cartspec.runtime.train import Options, train
+from cartspec.spec import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"
+TINY = [
+    "model.d_model=32",
+    "model.head_dim=16",
+    "model.vocab_size=300",
+    "model.max_seq_len=32",
+    "train.seq_len=32",
+    "train.micro_batch=4",
+    "train.data.tokenizer=bytes",
+    "train.schedule.warmup=5",
+    "train.eval.batches=8",
+    "train.eval.interval=10",
+    "train.checkpoint.interval=10",
+    "train.checkpoint.keep=2",
+    "train.log_interval=1",
+    "train.steps=20",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: enough for a model this small, and robust on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def cache_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process CLI finds its token cache through $CARTSPEC_CACHE."""
+    monkeypatch.setenv("CARTSPEC_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """TINY on a small generated corpus (two hundred paragraphs)."""
+    rng = random.Random(0)
+    words = ["and", "the", "lord", "said", "unto", "him", "in", "that", "day", "of", "light"]
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(200))
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    corpus.write_text(text)
+    return [*TINY, f"train.data.source={corpus}"]
+
+
+@pytest.fixture(scope="module")
+def trained(sets: list[str], cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 20-step run with checkpoints at steps 10 and 20. Copy it before changing it."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(resolve(CART_TINY, sets), Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step_0000010", "step_0000020"]
+    return out
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def cli_args(sets: list[str]) -> list[str]:
+    return [f"--set={s}" for s in sets]
+
+
+def assert_clean_error(result: tuple[int, str, str], *fragments: str) -> str:
+    """Exit code 2, exactly one line on stderr that names the problem, and no traceback anywhere."""
+    rc, out, err = result
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+# ----------------------------------------------------------------------------- eval and sample
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_missing_run_directory_is_named(cli, tmp_path, command):
+    assert_clean_error(cli(command, str(tmp_path / "nope")), "nope", "no such run directory")
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_folder_that_is_not_a_run_is_named(cli, tmp_path, command):
+    assert_clean_error(cli(command, str(tmp_path)), "not a run directory")
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_run_without_checkpoints_is_refused(cli, run, command):
+    shutil.rmtree(run / "checkpoints")
+    assert_clean_error(cli(command, str(run)), "no valid checkpoint")
+
+
+def test_eval_on_missing_data_is_named(cli, run, tmp_path):
+    assert_clean_error(cli("eval", str(run), "--data", str(tmp_path / "gone.txt")), "gone.txt")
+
+
+@pytest.mark.parametrize("loops", ["0", "two", "1,,x"])
+def test_eval_rejects_malformed_loop_counts(cli, run, loops):
+    assert_clean_error(cli("eval", str(run), "--loops", loops), "--loops")
+
+
+def test_eval_and_sample_skip_a_corrupt_newest_checkpoint(cli, run, trained):
+    truncate(run / "checkpoints/step_0000020/model.safetensors")
+    rc, out, err = cli("eval", str(run), "--json")
+    assert rc == 0, err
+    assert json.loads(out)["rows"][0]["loops"] == 4
+    rc, out, err = cli("sample", str(run), "--prompt", "and the", "--max-new-tokens", "5")
+    assert rc == 0, err
+    assert out.startswith("and the")
+
+
+def test_eval_uses_the_runs_own_tokenizer_after_the_corpus_changed(cli, sets, cache, tmp_path):
+    """A BPE run's validation loss from eval equals the one at the end of training even after
+    documents were added to the front of its corpus (which would train a different BPE)."""
+    corpus = tmp_path / "corpus.txt"
+    source = next(s for s in sets if s.startswith("train.data.source="))
+    original = Path(source.split("=", 1)[1]).read_text()
+    corpus.write_text(original)
+    bpe = [*sets, f"train.data.source={corpus}", "train.data.tokenizer=bpe", "train.steps=10"]
+    out = tmp_path / "bpe"
+    summary = train(resolve(CART_TINY, bpe), Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    n_docs = original.count("\n\n") + 1
+    extra = 9 if round((n_docs + 9) * 0.05) == round(n_docs * 0.05) else 1  # keep the same held-out documents
+    corpus.write_text("\n\n".join(["xq zv " * 400] * extra) + "\n\n" + original)
+    rc, out_text, err = cli("eval", str(out), "--json")
+    assert rc == 0, err
+    assert json.loads(out_text)["rows"][0]["val_loss"] == pytest.approx(summary.val_loss, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- train --resume
+
+
+def test_resume_from_a_missing_path_is_refused(cli, sets, run, tmp_path):
+    missing = tmp_path / "no_such_checkpoint"
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", str(missing))
+    assert_clean_error(result, str(missing), "no such checkpoint")
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused(cli, sets, run):
+    a_file = run / "spec.yaml"
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", str(a_file))
+    assert_clean_error(result, "not a checkpoint")
+
+
+def test_resume_auto_falls_back_past_a_corrupt_newest_checkpoint(cli, sets, run, trained):
+    """step_20's weights are truncated: --resume auto continues from step_10 and, being exact,
+    rewrites step_20 bit for bit as it was."""
+    truncate(run / "checkpoints/step_0000020/model.safetensors")
+    assert checkpoint.newest_valid(run).name == "step_0000010"
+    rc, _, err = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert rc == 0, err
+    good = load_file(str(trained / "checkpoints/step_0000020/model.safetensors"))
+    redone = load_file(str(run / "checkpoints/step_0000020/model.safetensors"))
+    assert good.keys() == redone.keys()
+    assert all(torch.equal(good[k], redone[k]) for k in good)
+    assert (run / "metrics.jsonl").read_text() != ""
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))
+
+
+def test_resume_auto_refuses_to_start_over_when_every_checkpoint_is_corrupt(cli, sets, run):
+    for path in checkpoint.list_checkpoints(run):
+        truncate(path / "model.safetensors")
+    before = (run / "metrics.jsonl").read_text()
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert_clean_error(result, "none of its checkpoints")
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_auto_in_a_new_run_directory_starts_fresh(cli, sets, tmp_path):
+    rc, _, err = cli(
+        "train",
+        str(CART_TINY),
+        *cli_args(sets),
+        "--out",
+        str(tmp_path / "new"),
+        "--resume",
+        "auto",
+        "--until",
+        "2",
+    )
+    assert rc == 0, err
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path / "new")] == ["step_0000002"]
+
+
+@pytest.mark.parametrize(
+    "damage", ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+)
+def test_an_explicit_corrupt_checkpoint_is_refused(cli, sets, run, damage):
+    newest = run / "checkpoints/step_0000020"
+    truncate(newest / damage)
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", str(newest))
+    assert_clean_error(result, "step_0000020", "corrupt")
+
+
+def test_a_checkpoint_of_another_spec_is_refused(cli, sets, run, cache, tmp_path):
+    wider = [*sets, "model.d_model=48", "train.steps=10"]
+    train(
+        resolve(CART_TINY, wider),
+        Options(out=tmp_path / "wider", device="cpu", cache_dir=cache, progress=False),
+    )
+    foreign = tmp_path / "wider/checkpoints/step_0000010"
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", str(foreign))
+    assert_clean_error(result, "step_0000010", "different spec")
+    # dropped into the run as its newest checkpoint, --resume auto refuses it too
+    shutil.copytree(foreign, run / "checkpoints/step_0000030")
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert_clean_error(result, "step_0000030", "different spec")
+
+
+def test_resuming_with_a_changed_model_is_refused_and_leaves_the_run_intact(cli, sets, run):
+    files = {name: (run / name).read_bytes() for name in ("model.py", "spec.yaml", "metrics.jsonl")}
+    result = cli(
+        "train",
+        str(CART_TINY),
+        *cli_args(sets),
+        "--set=model.d_model=48",
+        "--out",
+        str(run),
+        "--resume",
+        "auto",
+    )
+    assert_clean_error(result, "step_0000020", "different spec")
+    assert {name: (run / name).read_bytes() for name in files} == files
+    rc, _, err = cli("eval", str(run))  # the run still loads: its model.py still fits its weights
+    assert rc == 0, err
+
+
+def test_a_second_train_into_a_run_with_checkpoints_is_refused(cli, sets, run):
+    before = (run / "metrics.jsonl").read_text()
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run))
+    assert_clean_error(result, "already holds checkpoints", "--resume auto")
+    assert (run / "metrics.jsonl").read_text() == before  # nothing was touched
+
+
+def test_an_unknown_device_is_refused(cli, sets, tmp_path):
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(tmp_path / "r"), "--device", "tpu")
+    assert_clean_error(result, "--device")
+
+
+# ----------------------------------------------------------------------------- as a real process
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_a_clean_error(run_cli, sets, cache, tmp_path):
+    result = run_cli(
+        "train",
+        str(CART_TINY),
+        *cli_args(sets),
+        "--out",
+        str(tmp_path / "r"),
+        "--device",
+        "cuda",
+        env={"CARTSPEC_CACHE": str(cache)},
+    )
+    assert_clean_error(result, "--device cuda", "no CUDA device")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_corrupt_explicit_checkpoint_is_a_clean_error_in_a_real_process(run_cli, sets, run, cache):
+    newest = run / "checkpoints/step_0000020"
+    truncate(newest / "model.safetensors")
+    result = run_cli(
+        "train",
+        str(CART_TINY),
+        *cli_args(sets),
+        "--out",
+        str(run),
+        "--resume",
+        str(newest),
+        env={"CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
+    )
+    assert_clean_error(result, "corrupt")
