@@ -378,3 +378,25 @@ def test_read_state_names_what_is_wrong(tmp_path):
     a_file = tmp_path / "state.json"
     with pytest.raises(UserError):
         checkpoint.read_state(a_file)  # a file, not a folder
+
+
+def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    corpus, cache, tmp_path, monkeypatch
+):
+    """From step 5 on the learning rate is infinite, so the weights and then the loss turn NaN."""
+    import cartspec.runtime.train as runtime_train
+    from cartspec.runtime.train import TrainingDiverged
+
+    schedule = runtime_train.lr_at
+    monkeypatch.setattr(
+        runtime_train, "lr_at", lambda step, t: float("inf") if step >= 4 else schedule(step, t)
+    )
+    out = tmp_path / "run"
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at step 6; stopped, the last good checkpoint is .*step_0000004"
+    ):
+        train_in_process(tiny_sets(corpus, 20, "train.checkpoint.interval=2"), out, cache)
+    newest = checkpoint.newest_valid(out)
+    assert newest is not None and newest.name == "step_0000004"
+    weights = load_file(str(newest / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
