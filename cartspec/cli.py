@@ -214,7 +214,10 @@ def train(
         raise typer.Exit(1) from None
     from cartspec.report import print_json, print_train_summary
 
-    print_json(summary.__dict__) if as_json else print_train_summary(summary)
+    if as_json:
+        print_json(summary.__dict__)
+    else:
+        print_train_summary(summary)
 
 
 def _loop_counts(text: str | None) -> list[int] | None:

@@ -12,7 +12,7 @@ import math
 import platform
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -369,10 +369,6 @@ class _progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def summary_json(summary: Summary) -> dict[str, Any]:
-    return asdict(summary)
 
 
 def load_run(
