@@ -294,6 +294,7 @@ def _apply_share_groups(graph: ModelGraph, problems: list[tuple[Path_, str]]) ->
             problems.append(((*at, "name"), f"'{share.name}' is already the name of a module or group"))
             continue
         modules: list[str] = []
+        reported = len(problems)
         for mi, member in enumerate(share.members):
             found = _resolve_member(member, layer_modules)
             if not found:
@@ -312,7 +313,7 @@ def _apply_share_groups(graph: ModelGraph, problems: list[tuple[Path_, str]]) ->
                 elif module not in modules:
                     modules.append(module)
         if len(modules) < 2:
-            if not problems:
+            if len(problems) == reported:  # not when a member was already reported as unknown
                 problems.append(((*at, "members"), "a sharing group needs at least two distinct modules"))
             continue
         first = graph.groups[modules[0]]

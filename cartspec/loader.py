@@ -7,7 +7,6 @@ scalars replace, and ``null`` removes a key (so the schema's default applies aga
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,6 @@ class Loaded:
     data: dict[str, Any]
     where: dict[Path_, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-    text: str = ""  # the top file's text, for hashing
 
     def locate(self, path: Path_) -> str:
         """The source position of ``path``, or of its nearest ancestor that has one."""
@@ -54,10 +52,6 @@ class Loaded:
             if path[:n] in self.where:
                 return self.where[path[:n]]
         return display(self.files[0]) if self.files else "<spec>"
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
 
 
 def display(path: Path) -> str:
@@ -229,7 +223,7 @@ def read_yaml(path: Path) -> Loaded:
         raise SpecError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
     if builder.problems:
         raise SpecError(builder.problems)
-    return Loaded(data=data, where=builder.where, files=[path], text=text)
+    return Loaded(data=data, where=builder.where, files=[path])
 
 
 def _expanded_size(root: yaml.Node) -> int:
@@ -277,7 +271,7 @@ def merge(base: Loaded, over: Loaded) -> Loaded:
     data = go(base.data, over.data, ())
     for path, mark in over.where.items():
         where[path] = mark
-    return Loaded(data=data, where=where, files=[*over.files, *base.files], text=over.text)
+    return Loaded(data=data, where=where, files=[*over.files, *base.files])
 
 
 def _forget(where: dict[Path_, str], prefix: Path_) -> None:

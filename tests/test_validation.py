@@ -623,6 +623,23 @@ def test_sharing_group_needs_two_distinct_modules(cli, write_spec):
     ]
 
 
+def test_a_one_module_group_is_reported_even_after_another_groups_error(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          prelude: {layers: 2, attention: {kind: mla}}
+        share:
+          - {name: broken, members: [prelude.0, prelude.9]}   # line 6
+          - name: alone
+            members: [prelude.1, prelude.1]   # line 8
+        """)
+    assert errors(cli) == [
+        "spec.yaml:6:41: share.0.members.1: 'prelude.9' names no shareable module (have: prelude.0, prelude.1)",
+        "spec.yaml:8:5: share.1.members: a sharing group needs at least two distinct modules",
+    ]
+
+
 def test_sharing_group_name_cannot_shadow_a_module(cli, write_spec):
     write_spec("""
         name: t

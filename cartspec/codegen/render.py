@@ -108,8 +108,6 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
     stacks = [(name, getattr(b, name)) for name in LAYER_BLOCKS if getattr(b, name) is not None]
     attentions = [s.attention for _, s in stacks] + ([b.core.attention] if b.core else [])
     rope_bases = {a.rope_base for a in attentions if not isinstance(a, Cross) and a.rope}
-    if len(rope_bases) > 1:  # one shared Rotary table; graph validation keeps this unreachable
-        raise ValueError("every RoPE attention of one spec must use the same rope_base")
 
     attention_classes: dict[tuple, AttentionClass] = {}
     for a in attentions:
