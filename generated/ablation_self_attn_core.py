@@ -256,6 +256,10 @@ class AblationSelfAttnCore(nn.Module):
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
+    def blocks(self) -> list[nn.Module]:
+        """Each distinct transformer block once, even if shared: the units the runtime compiles and shards."""
+        return [*self.prelude, *self.core, *self.coda]
+
     def loop_step(self, core: CoreBlock, h_in: torch.Tensor) -> torch.Tensor:
         """One loop from its input: h = sigmoid(a) * h_in + core(h_in)."""
         return self.gate(h_in, core(h_in))

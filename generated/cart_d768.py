@@ -287,6 +287,10 @@ class CartD768(nn.Module):
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
+    def blocks(self) -> list[nn.Module]:
+        """Each distinct transformer block once, even if shared: the units the runtime compiles and shards."""
+        return [*self.prelude, self.core, *self.coda]
+
     def loop_step(self, h_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One loop from its input: h = sigmoid(a) * h_in + core(h_in)."""
         return self.gate(h_in, self.core(h_in, k, v))

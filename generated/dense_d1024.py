@@ -161,6 +161,10 @@ class DenseD1024(nn.Module):
             elif module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
+    def blocks(self) -> list[nn.Module]:
+        """Each distinct transformer block once, even if shared: the units the runtime compiles and shards."""
+        return [*self.stack]
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, loops: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -141,6 +141,7 @@ def _context(spec: Spec, graph: ModelGraph) -> dict:
         "tied": m.tie_embeddings,
         "needs_math": bool(core and (core["gate_kind"] == "lti" or core["loop_embedding"])),
         "init_lines": _init_lines(spec, graph, stacks, layers, core),
+        "blocks_lines": wrap(8, "return [", _block_items(spec, graph), "]"),
         "head_expr": "F.linear(self.norm(x), self.embedding.weight)  # tied head: the embedding table"
         if m.tie_embeddings
         else "self.head(self.norm(x))",
@@ -420,6 +421,29 @@ def _init_lines(spec: Spec, graph: ModelGraph, stacks, layers, core: dict | None
             b.coda.layers,
         )
     return lines
+
+
+def _block_items(spec: Spec, graph: ModelGraph) -> list[str]:
+    """The entries of ``Model.blocks()``: the stack, prelude, core and coda blocks in stage order, a
+    module that a sharing group places several times listed once, where it first appears."""
+    owner_of = {member: g.owner for g in graph.groups.values() for member in g.members}
+    seen: set[str] = set()
+    items: list[str] = []
+    for block in ("stack", "prelude", "core", "coda"):
+        section = getattr(spec.blocks, block)
+        if section is None:
+            continue
+        if block == "core" and section.shared:
+            items.append("self.core")
+            continue
+        count = section.loops if block == "core" else section.layers
+        first = []  # indices where a module appears for the first time
+        for i in range(count):
+            if owner_of[f"{block}.{i}"] not in seen:
+                seen.add(owner_of[f"{block}.{i}"])
+                first.append(i)
+        items += [f"*self.{block}"] if len(first) == count else [f"self.{block}[{i}]" for i in first]
+    return items
 
 
 def _forward_context(spec: Spec, core: dict | None) -> dict:
