@@ -1,12 +1,23 @@
-"""Compile each unique block once: ``Model.blocks()`` lists every transformer block exactly once."""
+"""Compile each unique block once: ``Model.blocks()`` lists every transformer block exactly once, and
+``compile_model(..., "blocks")`` compiles them in place so the loop count never recompiles, the
+numbers equal eager's and the state_dict keys do not change.
+
+Compiles run on the CPU with the aot_eager backend (inductor's C++ compile would take minutes),
+counted with dynamo's CompileCounter.
+"""
 
 from __future__ import annotations
 
 import pytest
-from gen_helpers import SHIPPED, build, compile_variant, shipped
+import torch
+from gen_helpers import DENSE_TINY, SHIPPED, build, compile_variant, randomize_, shipped, tokens
 from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from cartspec.runtime.compiling import compile_model
 
 STAGES = ("stack", "prelude", "core", "coda")  # where blocks live; everything else is not a block
+B, T = 2, 16
 
 SHARING = {
     "albert_prelude": ("share=[{name: albert, members: ['prelude.*']}]",),
@@ -19,6 +30,13 @@ SHARING = {
     ),
     "prelude_and_coda_without_core": ("blocks.anchor=null", "blocks.core=null"),
 }
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 def placed(model: nn.Module) -> list[nn.Module]:
@@ -59,3 +77,79 @@ def test_blocks_list_a_module_shared_by_several_places_once(tmp_path, label):
     model = build(module, "meta")
     assert_blocks_are_each_block_once(model, resolved.graph)
     assert len(model.blocks()) < len(placed(model)) or not resolved.spec.share
+
+
+# ----------------------------------------------------------------------------- compile_model
+
+
+def small_model(tmp_path, label: str, sets: tuple[str, ...] = (), spec=None) -> nn.Module:
+    _, module = compile_variant(tmp_path, label, sets, **({"spec": spec} if spec else {}))
+    return randomize_(build(module), seed=1)
+
+
+def loss_and_grads(
+    model: nn.Module, loops: int | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    vocab = model.config.vocab_size
+    model.zero_grad(set_to_none=True)
+    _, loss = model(tokens(B, T, vocab, seed=3), tokens(B, T, vocab, seed=4), loops=loops)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("sets", [(), ("blocks.core.checkpoint=true",)], ids=["plain", "checkpoint_loops"])
+def test_block_compile_does_not_recompile_when_the_loop_count_changes(tmp_path, sets):
+    model = small_model(tmp_path, "cart", sets)
+    counter = CompileCounterWithBackend("aot_eager")
+    assert compile_model(model, "blocks", backend=counter) is model
+    loss_and_grads(model, loops=2)
+    frames = counter.frame_count
+    assert frames == 2  # one graph for the prelude and coda layers (one class), one for the core
+    loss_and_grads(model, loops=6)
+    assert counter.frame_count == frames
+
+
+CASES = {
+    "cart": ((), None),
+    "checkpoint_loops": (("blocks.core.checkpoint=true",), None),
+    "dense": ((), DENSE_TINY),
+}
+
+
+@pytest.mark.parametrize("label", CASES)
+def test_block_compile_matches_eager_and_keeps_the_state_dict_keys(tmp_path, label):
+    sets, spec = CASES[label]
+    eager = small_model(tmp_path, label, sets, spec)
+    model = small_model(tmp_path, label, sets, spec)
+    model.load_state_dict(eager.state_dict())
+    expected_loss, expected_grads = loss_and_grads(eager)
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compile_model(model, "blocks", backend=counter)
+    loss, grads = loss_and_grads(model)
+    assert counter.frame_count > 0  # the blocks did run compiled
+    assert list(model.state_dict()) == list(eager.state_dict())
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_off_returns_the_model_and_model_scope_wraps_it_whole(tmp_path):
+    model = small_model(tmp_path, "cart")
+    assert compile_model(model, "off") is model
+    wrapped = compile_model(model, "model", backend="aot_eager")
+    assert wrapped is not model and wrapped._orig_mod is model
+    with pytest.raises(ValueError, match="one of off, blocks, model"):
+        compile_model(model, "layers")
+
+
+def test_default_mode_reaches_torch_compile_as_none(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    model = small_model(tmp_path, "cart")
+    compile_model(model, "blocks")
+    compile_model(model, "model", mode="max-autotune")
+    assert calls[0] == {"mode": None, "backend": "inductor"}
+    assert len(calls) == len(model.blocks()) + 1
+    assert calls[-1] == {"mode": "max-autotune", "backend": "inductor"}
