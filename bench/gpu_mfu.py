@@ -1,9 +1,12 @@
 """Training tokens/s and MFU of shipped specs on one CUDA GPU (bf16 autocast, torch.compile).
 
 MFU = tokens/s x 6 x effective parameters (paper convention) / the GPU's peak dense bf16 FLOP/s,
-the CART paper's definition. Its RTX 3090 figure is printed beside ours.
+the CART paper's definition. Its RTX 3090 figure is printed beside ours. The model compiles as the
+runtime compiles it (runtime/compiling.py): each block once by default, ``--compile model`` for
+one whole-model graph, ``--compile off`` for eager.
 
-    python bench/gpu_mfu.py specs/cart_d1024.yaml specs/dense_d1024.yaml [--steps 20] [--no-compile]
+    python bench/gpu_mfu.py specs/cart_d1024.yaml specs/dense_d1024.yaml [--steps 20]
+        [--compile off|blocks|model] [--compile-mode max-autotune]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from _common import generated_model
 
 from cartspec.accounting import account
+from cartspec.runtime.compiling import SCOPES, compile_model
 
 # Peak dense bf16 tensor FLOP/s (no sparsity), from the vendors' data sheets.
 PEAK_BF16 = {
@@ -42,7 +46,12 @@ def main() -> None:
     p.add_argument("specs", nargs="+")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile", choices=SCOPES, default="blocks", help="compile scope (default blocks)")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    )
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/gpu_mfu.py needs a CUDA GPU")
@@ -52,7 +61,8 @@ def main() -> None:
         print(f"warning: no peak-FLOPs entry for {gpu!r}; MFU is not reported (add it to PEAK_BF16)")
     torch.backends.cuda.matmul.allow_tf32 = True
     print(
-        f"GPU: {gpu}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, torch {torch.__version__}"
+        f"GPU: {gpu}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, torch {torch.__version__}, "
+        f"compile {args.compile} ({args.compile_mode})"
     )
     print(f"{'spec':<16} {'eff. params':>12} {'tokens/s':>10} {'MFU':>6}   paper (RTX 3090)")
     for spec in args.specs:
@@ -67,7 +77,7 @@ def measure(spec: str, args: argparse.Namespace, peak: float | None) -> None:
     n_eff = account(resolved.graph).effective_paper
     T = resolved.spec.seq_len
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    step_model = model if args.no_compile else torch.compile(model)
+    step_model = compile_model(model, args.compile, args.compile_mode)
     x = torch.randint(0, resolved.spec.model.vocab_size, (args.batch, T), device="cuda")
     y = torch.roll(x, -1, 1)
 

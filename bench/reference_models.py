@@ -151,6 +151,10 @@ class HandCART(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
 
+    def blocks(self) -> list[nn.Module]:
+        """The layers and the core, each once: what a per-block torch.compile compiles."""
+        return [*self.prelude, self.core, *self.coda]
+
     def forward(self, idx, targets):
         B, T = idx.shape
         x = self.emb(idx)
@@ -184,6 +188,10 @@ class HandDense(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
+
+    def blocks(self) -> list[nn.Module]:
+        """The layers: what a per-block torch.compile compiles."""
+        return list(self.layers)
 
     def forward(self, idx, targets):
         x = self.emb(idx)
