@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,12 +50,18 @@ def user_errors(fn):
         except (SpecError, UserError) as e:
             if _debug:
                 raise
+            if not _is_rank_zero():  # under torchrun every rank fails alike; rank 0 says why
+                raise typer.Exit(2) from None
             lines = [str(p) for p in e.problems] if isinstance(e, SpecError) else [str(e)]
             for line in lines:
                 print(f"error: {line}" if isinstance(e, UserError) else line, file=sys.stderr)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command()
@@ -190,6 +197,14 @@ def train(
         int | None,
         typer.Option("--until", help="Stop after this step; the schedule still spans train.steps.", min=1),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Processes on this machine, through torchrun (train.parallel: ddp or fsdp).",
+        ),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
@@ -199,6 +214,19 @@ def train(
 
     overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
     resolved = resolve(spec, overrides)
+    if nproc > 1:
+        from cartspec.runtime import distributed
+
+        t = resolved.spec.train
+        distributed.split_batch(t.micro_batch, t.grad_accum, nproc)  # fail here, not in N workers
+        argv = [*(["--debug"] if _debug else []), "train", str(spec), "--device", device]
+        argv += [arg for s in overrides for arg in ("--set", s)]
+        argv += ["--out", str(out)] if out is not None else []
+        argv += ["--resume", resume] if resume is not None else []
+        argv += [] if compile_model is None else ["--compile" if compile_model else "--no-compile"]
+        argv += ["--until", str(until)] if until is not None else []
+        argv += ["--json"] if as_json else []
+        raise typer.Exit(distributed.launch(nproc, argv))
     options = Options(
         out=out,
         resume=resume,
@@ -210,8 +238,11 @@ def train(
     try:
         summary = run_training(resolved, options)
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
+        if _is_rank_zero():
+            print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
+    if not _is_rank_zero():
+        return
     from cartspec.report import print_json, print_train_summary
 
     if as_json:

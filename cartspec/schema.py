@@ -357,6 +357,10 @@ class Train(Strict):
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     compile: bool = Field(False, description="torch.compile the model.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Under torchrun: ddp keeps a whole model per process; fsdp shards it (one unit per block, the shared core as one).",
+    )
     data: Data = Field(default_factory=Data, description="Corpus and tokenizer.")
     eval: Eval = Field(default_factory=Eval, description="Validation.")
     checkpoint: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoints.")

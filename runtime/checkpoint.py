@@ -22,6 +22,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from cartspec.errors import UserError
+from cartspec.runtime.distributed import is_sharded
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
@@ -45,16 +46,29 @@ def save(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
-) -> Path:
-    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``."""
+    *,
+    is_main: bool = True,
+) -> Path | None:
+    """Write the checkpoint of ``step`` atomically, then drop all but the newest ``keep``.
+
+    Every rank calls it (a sharded model is gathered to rank 0 first); only rank 0 writes.
+    """
+    gathered = _gather_sharded(model, optimizer)
+    if not is_main:
+        return None
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.{os.getpid()}.tmp"
     for stale in root.glob(".step_*") if root.is_dir() else []:  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(_unwrap(model), str(tmp / "model.safetensors"))
-    tensors, groups = _flatten_optimizer(optimizer.state_dict())
+    if gathered is None:
+        save_model(_unwrap(model), str(tmp / "model.safetensors"))
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+    else:
+        weights, optimizer_state = gathered
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tensors, groups = _flatten_optimizer(optimizer_state)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -127,7 +141,7 @@ def load_weights(path: Path, model: nn.Module) -> None:
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}/model.safetensors: corrupt checkpoint ({e})") from None
     except RuntimeError as e:  # shapes differ: another model
-        raise UserError(f"{path}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: weights do not fit this model ({str(e)})") from None
     if missing or unexpected:
         raise UserError(
             f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
@@ -137,19 +151,110 @@ def load_weights(path: Path, model: nn.Module) -> None:
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Loaded:
     """Load weights, optimizer state and RNG state; returns the step and the JSON state."""
     state = read_state(path)
-    load_weights(path, model)
+    if not is_sharded(model):
+        load_weights(path, model)
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
         rng = load_file(str(path / "rng.safetensors"))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: corrupt checkpoint ({e})") from None
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer_groups"]))
+    optimizer_state = _unflatten_optimizer(tensors, state["optimizer_groups"])
+    if is_sharded(model):
+        _load_sharded(path, model, optimizer, optimizer_state)
+    else:
+        optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
     return Loaded(int(state["step"]), state, path)
+
+
+# ----------------------------------------------------------------------------- sharded models
+# A sharded (FSDP2) model is saved in the format of a whole one: full tensors under the plain
+# parameter names, optimizer slots by parameter index. So a run resumes on any number of
+# processes with either strategy, and eval and sample load it in one process.
+
+
+def _gather_sharded(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Full weights and optimizer state of a sharded model on rank 0 (a collective: every rank
+    calls it); None for a model that is not sharded."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    for group in _alias_groups(model):  # a shared tensor is stored once, as save_model does
+        for alias in group[1:]:
+            weights.pop(alias, None)
+    by_name = get_optimizer_state_dict(model, optimizer, options=options)
+    index = {name: i for i, name in enumerate(_optimizer_order(model, optimizer))}
+    by_index = {  # empty on the other ranks
+        "state": {index[name]: slots for name, slots in by_name.get("state", {}).items()},
+        "param_groups": [
+            {**g, "params": [index[n] for n in g["params"]]} for g in by_name.get("param_groups", [])
+        ],
+    }
+    return {k: v.contiguous() for k, v in weights.items()}, by_index
+
+
+def _load_sharded(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]
+) -> None:
+    """Every rank reads the full checkpoint and keeps its own shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}/model.safetensors: corrupt checkpoint ({e})") from None
+    order = _optimizer_order(model, optimizer)
+    by_name = {
+        "state": {order[int(i)]: slots for i, slots in optimizer_state["state"].items()},
+        "param_groups": [
+            {**g, "params": [order[i] for i in g["params"]]} for g in optimizer_state["param_groups"]
+        ],
+    }
+    try:
+        missing, unexpected = set_model_state_dict(
+            model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
+        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+    except (RuntimeError, KeyError, IndexError, ValueError) as e:
+        raise UserError(f"{path}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+    # a shared tensor is stored under one of its names; the others load with it
+    loaded = {name for group in _alias_groups(model) if set(group) & set(weights) for name in group}
+    missing = [name for name in missing if name not in loaded]
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+
+
+def _alias_groups(model: nn.Module) -> list[list[str]]:
+    """The names of each parameter reachable under more than one name (sharing groups)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _optimizer_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's own numbering (its groups in order)."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:

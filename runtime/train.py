@@ -26,7 +26,7 @@ from cartspec.accounting import account
 from cartspec.codegen.render import architecture_sha256
 from cartspec.errors import UserError
 from cartspec.graph import spec_dict
-from cartspec.runtime import checkpoint
+from cartspec.runtime import checkpoint, distributed
 from cartspec.runtime.data import (
     BatchStream,
     TokenSplits,
@@ -120,17 +120,27 @@ def evaluate(
     device: torch.device,
     ctx,
     loops: int | None = None,
+    world: distributed.World = distributed.World(),
 ) -> float:
-    """Mean cross-entropy over the validation batches (every sequence weighs the same)."""
+    """Mean cross-entropy over the validation batches (every sequence weighs the same).
+
+    Under data parallelism each rank takes every W-th batch; all ranks run the same number of
+    forward passes (a sharded model gathers its weights in each), padding with weight 0.
+    """
+    mine = [(x, y, 1) for x, y in batches[world.rank :: world.size]]
+    mine += [(*batches[0], 0)] * (math.ceil(len(batches) / world.size) - len(mine))
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # no gradients to synchronise
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in batches:
+    for x, y, weight in mine:
         with ctx:
             _, loss = model(x.to(device), y.to(device), **({} if loops is None else {"loops": loops}))
-        total += loss.item() * x.size(0)
-        count += x.size(0)
+        total += loss.item() * x.size(0) * weight
+        count += x.size(0) * weight
     model.train(was_training)
+    total, count = distributed.all_sum([total, count], world, device)
     return total / count
 
 
@@ -162,8 +172,10 @@ def _write_run_files(
 class Metrics:
     """Append-only ``metrics.jsonl``; on resume, lines past the checkpoint's step are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path, self.file = path, None
+        if not enabled:  # not rank 0
+            return
         if resume_step is None:
             path.write_text("")
         elif path.exists():
@@ -172,10 +184,12 @@ class Metrics:
         self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _line_step(line: str) -> float:
@@ -190,8 +204,18 @@ def _line_step(line: str) -> float:
 
 
 def train(resolved: Resolved, options: Options = Options()) -> Summary:
+    """Train ``resolved`` in this process, or as one rank of a torchrun job (see distributed)."""
+    world = distributed.world_from_env()
+    device = distributed.setup(world, pick_device(options.device))
+    try:
+        return _train(resolved, options, world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
     spec, t = resolved.spec, resolved.spec.train
-    device = pick_device(options.device)
+    micro_batch, accum = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)
     run_dir = run_dir_for(resolved, options.out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +231,8 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
             f"{run_dir}: none of its checkpoints reads back whole; refusing to start over on top of them"
         )
 
-    tokenizer, splits = prepare_data(spec, options.cache_dir or default_cache_dir())
+    cache_dir = options.cache_dir or default_cache_dir()
+    tokenizer, splits = distributed.main_first(world, lambda: prepare_data(spec, cache_dir))
     state = {
         "architecture_sha256": architecture_sha256(spec),
         "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
@@ -223,11 +248,11 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
                 f"{resume_from}: checkpoint was trained with another tokenizer or corpus; refusing to resume"
             )
 
-    torch.manual_seed(t.seed)
-    module, _ = compiled_module(resolved, run_dir, "model.py")
-    model = module.Model().to(device)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    module, _ = distributed.main_first(world, lambda: compiled_module(resolved, run_dir, "model.py"))
+    model = distributed.wrap(module.Model().to(device), world, device, t.parallel)
     optimizer = build_optimizer(model, t, device)
-    stream = BatchStream(splits.train, spec.seq_len, t.micro_batch)
+    stream = BatchStream(splits.train, spec.seq_len, micro_batch, world.rank, world.size)
     val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
 
     start = 0
@@ -235,10 +260,11 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
         start = checkpoint.restore(resume_from, model, optimizer).step
         stream.load_state_dict(saved["data"])
 
-    _write_run_files(run_dir, resolved, tokenizer, device)
+    if world.is_main:
+        _write_run_files(run_dir, resolved, tokenizer, device)
     ctx = autocast(spec, device)
     compiled = torch.compile(model) if (t.compile if options.compile is None else options.compile) else model
-    metrics = Metrics(run_dir / "metrics.jsonl", start if resume_from is not None else None)
+    metrics = Metrics(run_dir / "metrics.jsonl", start if resume_from is not None else None, world.is_main)
     report = account(resolved.graph)
     stop = min(t.steps, options.until) if options.until is not None else t.steps
     tokens_per_step = t.micro_batch * t.grad_accum * spec.seq_len
@@ -246,20 +272,22 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
     loss_value, val_loss = float("nan"), None
     wall0 = window_time = time.perf_counter()
     window_step = start
-    progress = _progress(options.progress, start, stop, spec.name)
+    progress = _progress(options.progress and world.is_main, start, stop, spec.name)
     try:
         for step in range(start, stop):
             lr = lr_at(step, t)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
-            for _ in range(t.grad_accum):
+            for micro in range(accum):
                 x, y = next(stream)
-                with ctx:
-                    _, loss = compiled(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                (loss / t.grad_accum).backward()
+                with distributed.gradient_sync(compiled, micro == accum - 1):
+                    with ctx:
+                        _, loss = compiled(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                    (loss / accum).backward()
                 loss_sum += loss.item()
-            loss_value = loss_sum / t.grad_accum
+            (loss_sum,) = distributed.all_sum([loss_sum], world, device)
+            loss_value = loss_sum / (accum * world.size)  # the mean over the global batch
             if not math.isfinite(loss_value):
                 last = checkpoint.newest_valid(run_dir)
                 kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
@@ -284,13 +312,15 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
                 }
                 record.update(module_stats(model))
             if done % t.eval.interval == 0 or done == stop:
-                val_loss = evaluate(compiled, val, device, ctx)
+                val_loss = evaluate(compiled, val, device, ctx, world=world)
                 record.update({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
             if record:
                 metrics.write(record)
             if done % t.checkpoint.interval == 0 or done == stop:
                 payload = {**state, "data": stream.state_dict(), "loss": loss_value}
-                checkpoint.save(run_dir, done, model, optimizer, payload, t.checkpoint.keep)
+                checkpoint.save(
+                    run_dir, done, model, optimizer, payload, t.checkpoint.keep, is_main=world.is_main
+                )
             if record:  # throughput windows leave out evaluation and checkpoint time
                 window_step, window_time = done, time.perf_counter()
     finally:
@@ -300,6 +330,7 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
     wall = time.perf_counter() - wall0
     steps_run = stop - start
     rho = module_stats(model).get("rho")
+    distributed.barrier(world)  # the last checkpoint is on disk before any rank reports done
     return Summary(
         name=spec.name,
         run_dir=str(run_dir),
@@ -317,15 +348,22 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
 
 
 def module_stats(model: nn.Module) -> dict[str, Any]:
+    """The looped model's own statistics (rho, blend weights); a collective when sharded."""
     inner = checkpoint._unwrap(model)
-    return inner.loop_stats() if hasattr(inner, "loop_stats") else {}
+    if not hasattr(inner, "loop_stats"):
+        return {}
+    with distributed.full_parameters(inner):
+        return inner.loop_stats()
 
 
 def _clip(model: nn.Module, max_norm: float | None) -> float:
+    """The global gradient norm, after clipping it to ``max_norm`` (a sharded norm is summed over ranks)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm is None:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def _resume_path(run_dir: Path, resume: str | None) -> Path | None:
