@@ -356,7 +356,15 @@ class Train(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: Literal["off", "blocks", "model"] = Field(
+        "off",
+        description="off: eager; blocks: torch.compile each unique block once (the shared core once), so a new "
+        "loop count never recompiles; model: one whole-model graph unrolled over the loops. "
+        "true and false read as blocks and off.",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode, for blocks and model."
+    )
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="Under torchrun: ddp keeps a whole model per process; fsdp shards it (one unit per block, the shared core as one).",
@@ -365,6 +373,14 @@ class Train(Strict):
     eval: Eval = Field(default_factory=Eval, description="Validation.")
     checkpoint: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoints.")
     log_interval: int = Field(10, ge=1, le=10_000_000, description="Steps between metric lines.")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_from_bool(cls, v: object) -> object:
+        """Specs written when compile was a boolean: true compiles the blocks, false stays eager."""
+        if isinstance(v, bool):
+            return "blocks" if v else "off"
+        return v
 
 
 # ----------------------------------------------------------------------------- the spec

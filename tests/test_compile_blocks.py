@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen_helpers import DENSE_TINY, SHIPPED, build, compile_variant, randomize_, shipped, tokens
+from gen_helpers import CART_TINY, DENSE_TINY, SHIPPED, build, compile_variant, randomize_, shipped, tokens
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from cartspec.errors import SpecError
 from cartspec.runtime.compiling import compile_model
+from cartspec.spec import resolve
 
 STAGES = ("stack", "prelude", "core", "coda")  # where blocks live; everything else is not a block
 B, T = 2, 16
@@ -153,3 +155,20 @@ def test_default_mode_reaches_torch_compile_as_none(tmp_path, monkeypatch):
     assert calls[0] == {"mode": None, "backend": "inductor"}
     assert len(calls) == len(model.blocks()) + 1
     assert calls[-1] == {"mode": "max-autotune", "backend": "inductor"}
+
+
+# ----------------------------------------------------------------------------- the spec's train.compile
+
+
+@pytest.mark.parametrize(
+    ("value", "scope"),
+    [("true", "blocks"), ("false", "off"), ("off", "off"), ("blocks", "blocks"), ("model", "model")],
+)
+def test_train_compile_is_a_scope_and_reads_the_old_booleans(value, scope):
+    """Specs from when compile was a boolean still load: true compiles the blocks, false stays eager."""
+    assert resolve(CART_TINY, [f"train.compile={value}"]).spec.train.compile == scope
+
+
+def test_train_compile_rejects_an_unknown_scope():
+    with pytest.raises(SpecError, match="'off', 'blocks' or 'model'"):
+        resolve(CART_TINY, ["train.compile=layers"])
