@@ -186,9 +186,17 @@ def train(
         str | None, typer.Option("--resume", help="auto (newest valid checkpoint) or a checkpoint folder.")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    compile_model: Annotated[
-        bool | None,
-        typer.Option("--compile/--no-compile", help="torch.compile (default: the spec's train.compile)."),
+    compile_scope: Annotated[
+        str | None,
+        typer.Option(
+            "--compile", help="off, blocks (each unique block once) or model (default: train.compile)."
+        ),
+    ] = None,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile-mode", help="torch.compile mode, e.g. max-autotune (default: train.compile_mode)."
+        ),
     ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Total steps; shorthand for --set train.steps=N.", min=1)
@@ -213,6 +221,15 @@ def train(
     from cartspec.spec import resolve
 
     overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
+    for flag, key, value in (
+        ("--compile", "compile", compile_scope),
+        ("--compile-mode", "compile_mode", compile_mode),
+    ):
+        if value is not None:
+            choices = _train_choices(key)
+            if value not in choices:
+                raise UserError(f"{flag}: expected one of {', '.join(choices)}, got {value!r}")
+            overrides.append(f"train.{key}={value}")
     resolved = resolve(spec, overrides)
     if nproc > 1:
         from cartspec.runtime import distributed
@@ -223,7 +240,6 @@ def train(
         argv += [arg for s in overrides for arg in ("--set", s)]
         argv += ["--out", str(out)] if out is not None else []
         argv += ["--resume", resume] if resume is not None else []
-        argv += [] if compile_model is None else ["--compile" if compile_model else "--no-compile"]
         argv += ["--until", str(until)] if until is not None else []
         argv += ["--json"] if as_json else []
         raise typer.Exit(distributed.launch(nproc, argv))
@@ -231,7 +247,6 @@ def train(
         out=out,
         resume=resume,
         device=device,
-        compile=compile_model,
         until=until,
         progress=sys.stderr.isatty(),
     )
@@ -249,6 +264,15 @@ def train(
         print_json(summary.__dict__)
     else:
         print_train_summary(summary)
+
+
+def _train_choices(key: str) -> tuple[str, ...]:
+    """The values a Literal field of the spec's train section allows."""
+    from typing import get_args
+
+    from cartspec.schema import Train
+
+    return get_args(Train.model_fields[key].annotation)
 
 
 def _loop_counts(text: str | None) -> list[int] | None:

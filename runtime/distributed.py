@@ -86,21 +86,27 @@ def split_batch(micro_batch: int, grad_accum: int, world_size: int) -> tuple[int
 
 
 def wrap(model: nn.Module, world: World, device: torch.device, strategy: str) -> nn.Module:
-    """DDP (every rank holds the whole model) or FSDP2 (``fully_shard`` on each of the model's
-    distinct blocks, so a shared core is one unit that every loop reads, then on the root).
+    """Put a freshly built CPU model on ``device`` for this world: whole (one process, or DDP
+    in every process) or sharded by FSDP2 (``fully_shard`` on each of the model's distinct
+    blocks, so a shared core is one unit that every loop reads, then on the root).
 
-    Call before building the optimizer: FSDP2 turns the parameters into sharded DTensors.
+    A sharded model never exists whole on the device: each block moves there as it is sharded.
+    Call before building the optimizer, which must see the sharded parameters.
     """
+    if not world.active or strategy == "ddp":
+        model = model.to(device)
     if not world.active:
         return model
     if strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(device.type, (world.size,))
     for block in model.blocks():
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -150,11 +156,11 @@ def main_first(world: World, fn: Callable[[], T]) -> T:
             result = fn()
         except BaseException as e:  # re-raised below, after telling the other ranks
             error = e
-    failed = torch.tensor([error is not None], dtype=torch.int32)
-    dist.broadcast(failed, src=0)
+    failed = [error is not None]
+    dist.broadcast_object_list(failed, src=0)  # on the backend's own device (nccl: the GPU)
     if error is not None:
         raise error
-    if failed.item():
+    if failed[0]:
         raise OtherRankFailed("rank 0 failed")
     return result if world.is_main else fn()
 

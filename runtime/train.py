@@ -27,6 +27,7 @@ from cartspec.codegen.render import architecture_sha256
 from cartspec.errors import UserError
 from cartspec.graph import spec_dict
 from cartspec.runtime import checkpoint, distributed
+from cartspec.runtime.compiling import compile_model
 from cartspec.runtime.data import (
     BatchStream,
     TokenSplits,
@@ -54,7 +55,6 @@ class Options:
     out: Path | None = None
     resume: str | None = None  # None: fresh run; "auto": newest valid checkpoint if any; else a path
     device: str = "auto"
-    compile: bool | None = None  # None: the spec's train.compile
     until: int | None = None  # stop after this step (the schedule still spans train.steps)
     cache_dir: Path | None = None
     progress: bool = True
@@ -250,7 +250,10 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     module, _ = distributed.main_first(world, lambda: compiled_module(resolved, run_dir, "model.py"))
-    model = distributed.wrap(module.Model().to(device), world, device, t.parallel)
+    model = module.Model()
+    if t.compile == "blocks":  # before sharding, so FSDP's hooks stay outside the compiled blocks
+        compile_model(model, "blocks", t.compile_mode)
+    model = distributed.wrap(model, world, device, t.parallel)
     optimizer = build_optimizer(model, t, device)
     stream = BatchStream(splits.train, spec.seq_len, micro_batch, world.rank, world.size)
     val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
@@ -263,7 +266,7 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
     if world.is_main:
         _write_run_files(run_dir, resolved, tokenizer, device)
     ctx = autocast(spec, device)
-    compiled = torch.compile(model) if (t.compile if options.compile is None else options.compile) else model
+    compiled = compile_model(model, "model", t.compile_mode) if t.compile == "model" else model
     metrics = Metrics(run_dir / "metrics.jsonl", start if resume_from is not None else None, world.is_main)
     report = account(resolved.graph)
     stop = min(t.steps, options.until) if options.until is not None else t.steps
@@ -281,7 +284,7 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
             loss_sum = 0.0
             for micro in range(accum):
                 x, y = next(stream)
-                with distributed.gradient_sync(compiled, micro == accum - 1):
+                with distributed.gradient_sync(model, micro == accum - 1):
                     with ctx:
                         _, loss = compiled(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                     (loss / accum).backward()
