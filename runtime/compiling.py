@@ -34,6 +34,12 @@ def compile_model(
         return model
     if scope == "model":
         return torch.compile(model, **options)
-    for block in model.blocks():
+    blocks = model.blocks()
+    # every compiled module shares one code object (nn.Module._call_impl), so all block classes
+    # share dynamo's recompile limit: give each class the default's room (train, eval, shapes)
+    classes = len({type(block) for block in blocks})
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 8 * classes)
+    for block in blocks:
         block.compile(**options)
     return model

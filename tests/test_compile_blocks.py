@@ -8,6 +8,9 @@ counted with dynamo's CompileCounter.
 
 from __future__ import annotations
 
+import functools
+import json
+
 import pytest
 import torch
 from gen_helpers import CART_TINY, DENSE_TINY, SHIPPED, build, compile_variant, randomize_, shipped, tokens
@@ -15,7 +18,10 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from cartspec.errors import SpecError
+from cartspec.runtime import checkpoint
+from cartspec.runtime import train as runtime
 from cartspec.runtime.compiling import compile_model
+from cartspec.runtime.generated import import_module
 from cartspec.spec import resolve
 
 STAGES = ("stack", "prelude", "core", "coda")  # where blocks live; everything else is not a block
@@ -172,3 +178,42 @@ def test_train_compile_is_a_scope_and_reads_the_old_booleans(value, scope):
 def test_train_compile_rejects_an_unknown_scope():
     with pytest.raises(SpecError, match="'off', 'blocks' or 'model'"):
         resolve(CART_TINY, ["train.compile=layers"])
+
+
+# ----------------------------------------------------------------------------- through the runtime
+
+TRAIN_TINY = [  # ~70k parameters on raw bytes, 4 steps
+    "model.d_model=32",
+    "model.head_dim=16",
+    "model.vocab_size=300",
+    "model.max_seq_len=32",
+    "train.seq_len=32",
+    "train.micro_batch=4",
+    "train.steps=4",
+    "train.data.tokenizer=bytes",
+    "train.eval.batches=6",  # the last validation batch is short: a second shape
+    "train.log_interval=1",
+]
+
+
+def test_training_with_compiled_blocks_follows_eager_and_saves_eager_names(tmp_path, monkeypatch):
+    counter = CompileCounterWithBackend("aot_eager")
+    monkeypatch.setattr(runtime, "compile_model", functools.partial(compile_model, backend=counter))
+
+    def run(name: str, scope: str) -> list[float]:
+        resolved = resolve(CART_TINY, [*TRAIN_TINY, f"train.compile={scope}"])
+        options = runtime.Options(
+            out=tmp_path / name, device="cpu", cache_dir=tmp_path / "cache", progress=False
+        )
+        runtime.train(resolved, options)
+        return [
+            json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    eager = run("eager", "off")
+    assert counter.frame_count == 0
+    compiled = run("blocks", "blocks")
+    assert counter.frame_count > 0  # the blocks did run compiled
+    assert compiled == pytest.approx(eager, abs=1e-5)
+    plain = import_module(tmp_path / "blocks" / "model.py").Model()  # eager, as eval and sample load it
+    checkpoint.load_weights(checkpoint.newest_valid(tmp_path / "blocks"), plain)
