@@ -141,7 +141,7 @@ def load_weights(path: Path, model: nn.Module) -> None:
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}/model.safetensors: corrupt checkpoint ({e})") from None
     except RuntimeError as e:  # shapes differ: another model
-        raise UserError(f"{path}: weights do not fit this model ({str(e)})") from None
+        raise UserError(f"{path}: weights do not fit this model ({_reason(e)})") from None
     if missing or unexpected:
         raise UserError(
             f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
@@ -233,7 +233,7 @@ def _load_sharded(
         )
         set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
     except (RuntimeError, KeyError, IndexError, ValueError) as e:
-        raise UserError(f"{path}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: weights do not fit this model ({_reason(e)})") from None
     # a shared tensor is stored under one of its names; the others load with it
     loaded = {name for group in _alias_groups(model) if set(group) & set(weights) for name in group}
     missing = [name for name in missing if name not in loaded]
@@ -241,6 +241,13 @@ def _load_sharded(
         raise UserError(
             f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
+
+
+def _reason(error: Exception) -> str:
+    """The first line of a load error that says what does not fit (torch's first line only says
+    that something does not)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
 
 
 def _alias_groups(model: nn.Module) -> list[list[str]]:
