@@ -1,4 +1,4 @@
-"""CLI latency: validate / params / graph as whole processes, next to bare Python and ``import torch``.
+"""CLI latency: validate / params / graph / compile as whole processes, next to bare Python and ``import torch``.
 
 The goal (DESIGN.md, issue 2): ``cartspec params specs/cart_d1024.yaml`` answers in under 0.5 s as
 a whole process. This is a benchmark, not a test: timings depend on the machine and its load.
@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cartspec = cartspec_command()
+    out = tempfile.mkdtemp(prefix="cartspec-latency-")  # compile writes here, not into generated/
     rows: list[tuple[str, list[str]]] = [
         ("python -c pass", [sys.executable, "-c", "pass"]),
         (f"cartspec validate {SPEC}", [*cartspec, "validate", SPEC]),
@@ -63,6 +65,8 @@ def main() -> int:
         (f"cartspec params --json {SPEC}", [*cartspec, "params", "--json", SPEC]),
         (f"cartspec graph {SPEC}", [*cartspec, "graph", SPEC]),
         (f"cartspec graph --format json {SPEC}", [*cartspec, "graph", "--format", "json", SPEC]),
+        (f"cartspec compile --out TMP {SPEC}", [*cartspec, "compile", "--out", out, SPEC]),
+        (f"cartspec compile --check {SPEC}", [*cartspec, "compile", "--check", SPEC]),
     ]
     if not args.no_torch:
         rows.append(('python -c "import torch"', [sys.executable, "-c", "import torch"]))
@@ -76,6 +80,7 @@ def main() -> int:
         times = time_runs(argv, args.n)
         medians[label] = statistics.median(times)
         print(f"{label:<{width}}  {medians[label]:>7.3f}s  {min(times):>7.3f}s", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
 
     params = medians[f"cartspec params {SPEC}"]
     verdict = "within" if params < BUDGET_S else "OVER"
