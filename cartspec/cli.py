@@ -216,7 +216,7 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
-    from cartspec.runtime.train import Options, TrainingDiverged
+    from cartspec.runtime.train import Options, TrainingDiverged, pick_device
     from cartspec.runtime.train import train as run_training
     from cartspec.spec import resolve
 
@@ -236,6 +236,7 @@ def train(
 
         t = resolved.spec.train
         distributed.split_batch(t.micro_batch, t.grad_accum, nproc)  # fail here, not in N workers
+        distributed.check_devices(nproc, pick_device(device))
         argv = [*(["--debug"] if _debug else []), "train", str(spec), "--device", device]
         argv += [arg for s in overrides for arg in ("--set", s)]
         argv += ["--out", str(out)] if out is not None else []

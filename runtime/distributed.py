@@ -85,6 +85,14 @@ def split_batch(micro_batch: int, grad_accum: int, world_size: int) -> tuple[int
     )
 
 
+def check_devices(nproc: int, device: torch.device) -> None:
+    """One GPU per process on CUDA; any number of processes share the CPU."""
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise UserError(
+            f"--nproc {nproc}: this machine has {torch.cuda.device_count()} CUDA devices (one process per GPU)"
+        )
+
+
 def wrap(model: nn.Module, world: World, device: torch.device, strategy: str) -> nn.Module:
     """Put a freshly built CPU model on ``device`` for this world: whole (one process, or DDP
     in every process) or sharded by FSDP2 (``fully_shard`` on each of the model's distinct
@@ -179,14 +187,21 @@ def full_parameters(model: nn.Module) -> Iterator[None]:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``python -m cartspec ARGV`` in ``nproc`` processes on this machine through torchrun;
-    the exit code is the first failed rank's (2 for a user error), 0 if all succeeded."""
+    """Run ``python -m cartspec ARGV`` in ``nproc`` processes on this machine through torchrun.
+
+    Returns the first failed rank's exit code (2 for a user error, which rank 0 has printed),
+    128 + the signal number when interrupted, else 0. torchrun's own logging is silenced: the
+    workers say what went wrong.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     if "OMP_NUM_THREADS" not in os.environ:  # what torchrun would choose, without its banner
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--module", "cartspec", *argv]
     )
@@ -195,4 +210,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     except ChildFailedError as e:
         codes = [f.exitcode for _, f in sorted(e.failures.items())]
         return next((c for c in codes if c > 0), 1)
+    except SignalException as e:  # the workers were stopped with it; checkpoints on disk are whole
+        return 128 + int(e.sigval)
     return 0

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,39 @@ def test_the_global_batch_is_kept_at_any_world_size(micro_batch, grad_accum, wor
     local = split_batch(micro_batch, grad_accum, world)
     assert local == expected
     assert local[0] * local[1] * world == micro_batch * grad_accum
+
+
+def test_stopping_the_launcher_stops_the_workers_quietly(tmp_path: Path, cache: Path) -> None:
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "cartspec", "train", str(CART_TINY), "--nproc", "2", "--device", "cpu"]
+    command += ["--out", str(run), *[f"--set={s}" for s in TINY], "--steps", "100000"]
+    env = {**os.environ, "CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+            time.sleep(0.1)  # until the workers are training
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    time.sleep(1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the launcher"
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes torchrun started under ``pid`` (Linux /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue  # exited meanwhile
+        if fields.get("PPid", "").strip() == str(pid) and "python" in fields.get("Name", ""):
+            found.append(int(status.parent.name))
+    return found
