@@ -23,6 +23,17 @@ GENERATED = ROOT / "generated"
 CART_TINY = SPECS / "tiny" / "cart_tiny.yaml"
 DENSE_TINY = SPECS / "tiny" / "dense_tiny.yaml"
 
+# A CART of ~70k parameters on raw bytes (no tokenizer to train): a training step takes a few
+# milliseconds on a CPU. Runtime tests add their recipe (batch, steps, intervals) to these.
+BYTES_CART_SETS = [
+    "model.d_model=32",
+    "model.head_dim=16",
+    "model.vocab_size=300",
+    "model.max_seq_len=32",
+    "train.seq_len=32",
+    "train.data.tokenizer=bytes",
+]
+
 SHIPPED = sorted(
     p.relative_to(ROOT).as_posix()
     for p in SPECS.rglob("*.yaml")

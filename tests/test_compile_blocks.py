@@ -13,7 +13,17 @@ import json
 
 import pytest
 import torch
-from gen_helpers import CART_TINY, DENSE_TINY, SHIPPED, build, compile_variant, randomize_, shipped, tokens
+from gen_helpers import (
+    BYTES_CART_SETS,
+    CART_TINY,
+    DENSE_TINY,
+    SHIPPED,
+    build,
+    compile_variant,
+    randomize_,
+    shipped,
+    tokens,
+)
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -183,14 +193,9 @@ def test_train_compile_rejects_an_unknown_scope():
 # ----------------------------------------------------------------------------- through the runtime
 
 TRAIN_TINY = [  # ~70k parameters on raw bytes, 4 steps
-    "model.d_model=32",
-    "model.head_dim=16",
-    "model.vocab_size=300",
-    "model.max_seq_len=32",
-    "train.seq_len=32",
+    *BYTES_CART_SETS,
     "train.micro_batch=4",
     "train.steps=4",
-    "train.data.tokenizer=bytes",
     "train.eval.batches=6",  # the last validation batch is short: a second shape
     "train.log_interval=1",
 ]

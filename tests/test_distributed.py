@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gen_helpers import BYTES_CART_SETS
 
 from cartspec.runtime import checkpoint
 from cartspec.runtime.distributed import split_batch
@@ -29,17 +30,12 @@ from cartspec.spec import resolve
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"
 
-# A CART of ~70k parameters on raw bytes; 4 micro-batches of 2 sequences per step.
+# The bytes CART; 4 micro-batches of 2 sequences per step.
 TINY = [
-    "model.d_model=32",
-    "model.head_dim=16",
-    "model.vocab_size=300",
-    "model.max_seq_len=32",
-    "train.seq_len=32",
+    *BYTES_CART_SETS,
     "train.micro_batch=2",
     "train.grad_accum=4",
     "train.steps=10",
-    "train.data.tokenizer=bytes",
     "train.schedule.warmup=3",
     "train.eval.batches=6",
     "train.eval.interval=5",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gen_helpers import BYTES_CART_SETS
 from safetensors.torch import load_file
 
 from cartspec.runtime import checkpoint
@@ -18,13 +19,8 @@ from cartspec.spec import resolve
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"
 TINY = [
-    "model.d_model=32",
-    "model.head_dim=16",
-    "model.vocab_size=300",
-    "model.max_seq_len=32",
-    "train.seq_len=32",
+    *BYTES_CART_SETS,
     "train.micro_batch=4",
-    "train.data.tokenizer=bytes",
     "train.schedule.warmup=5",
     "train.eval.batches=8",
     "train.eval.interval=10",
