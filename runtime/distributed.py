@@ -11,6 +11,7 @@ of the data, and the gradients are averaged across ranks once per step.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -59,7 +60,12 @@ def setup(world: World, device: torch.device) -> torch.device:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=_device_id(device))
+        # the others wait on rank 0 while it builds the tokenizer and token cache (main_first)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            device_id=_device_id(device),
+            timeout=datetime.timedelta(hours=1),
+        )
     return device
 
 
