@@ -164,12 +164,11 @@ def print_loop_rows(spec, rows) -> None:
     from rich.table import Table
 
     trained = spec.blocks.core.loops if spec.blocks.core else None
-    table = Table(
-        title=f"{spec.name}: validation by loop count (trained at R={trained})", title_justify="left"
-    )
+    title = f"trained at R={trained}" if trained is not None else "no loop"
+    table = Table(title=f"{spec.name}: validation by loop count ({title})", title_justify="left")
     for col in ("loops", "val loss", "val ppl"):
         table.add_column(col, justify="right")
     for r in rows:
-        mark = " *" if r.loops == trained else ""
-        table.add_row(f"{r.loops}{mark}", f"{r.val_loss:.4f}", f"{r.val_ppl:.2f}")
+        loops = "–" if r.loops is None else f"{r.loops}{' *' if r.loops == trained else ''}"
+        table.add_row(loops, f"{r.val_loss:.4f}", f"{r.val_ppl:.2f}")
     Console().print(table)

@@ -25,7 +25,7 @@ from cartspec.schema import Spec
 
 @dataclass(frozen=True)
 class LoopRow:
-    loops: int
+    loops: int | None  # None: a model without a loop
     val_loss: float
     val_ppl: float
 
@@ -70,7 +70,7 @@ def evaluate_loops(
             loss = evaluate(model, batches, dev, autocast(spec, dev), loops=n)
         except ValueError as e:  # the generated model's own check (table too short, unshared core)
             raise UserError(f"--loops {n}: {e}") from None
-        rows.append(LoopRow(n if n is not None else 0, loss, math.exp(min(loss, 50))))
+        rows.append(LoopRow(n, loss, math.exp(min(loss, 50))))
     return spec, rows
 
 

@@ -133,6 +133,17 @@ def test_eval_prints_one_row_per_loop_count(cli, cart_run):
     assert at_trained_r["val_loss"] == pytest.approx(summary.val_loss, rel=1e-5)  # same batches, same weights
 
 
+def test_eval_of_a_dense_run_has_one_row_without_a_loop_count(cli, dense_run):
+    run, summary = dense_run
+    rc, out, err = cli("eval", str(run), "--json")
+    assert rc == 0, err
+    (row,) = json.loads(out)["rows"]
+    assert row["loops"] is None and row["val_loss"] == pytest.approx(summary.val_loss, rel=1e-5)
+    rc, out, err = cli("eval", str(run))
+    assert rc == 0, err
+    assert "(no loop)" in out and re.search(r"^\W*–\s*[│|]", out, re.MULTILINE), out
+
+
 def test_eval_defaults_to_the_trained_loop_count(cli, cart_run):
     run, _ = cart_run
     rc, out, err = cli("eval", str(run), "--json")
