@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
-    resume_from = _resume_path(run_dir, options.resume)
+    resume_from = _resume_path(run_dir, options.resume, announce=world.is_main)
     if resume_from is None and checkpoint.list_checkpoints(run_dir):
         if options.resume is None:
             raise UserError(
@@ -369,11 +370,16 @@ def _clip(model: nn.Module, max_norm: float | None) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _resume_path(run_dir: Path, resume: str | None) -> Path | None:
+def _resume_path(run_dir: Path, resume: str | None, announce: bool) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
-        return checkpoint.newest_valid(run_dir)
+        found, newest = checkpoint.newest_valid(run_dir), checkpoint.list_checkpoints(run_dir)[-1:]
+        if announce and found is not None and found != newest[0]:  # a damaged newest one is skipped
+            print(
+                f"warning: {newest[0]} does not read back whole; resuming from {found.name}", file=sys.stderr
+            )
+        return found
     path = Path(resume)
     if not path.exists():
         raise UserError(f"--resume {resume}: no such checkpoint")

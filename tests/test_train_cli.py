@@ -170,12 +170,15 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused(cli, sets, run):
 
 
 def test_resume_auto_falls_back_past_a_corrupt_newest_checkpoint(cli, sets, run, trained):
-    """step_20's weights are truncated: --resume auto continues from step_10 and, being exact,
-    rewrites step_20 bit for bit as it was."""
+    """step_20's weights are truncated: --resume auto says so, continues from step_10 and, being
+    exact, rewrites step_20 bit for bit as it was."""
     truncate(run / "checkpoints/step_0000020/model.safetensors")
     assert checkpoint.newest_valid(run).name == "step_0000010"
     rc, _, err = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
     assert rc == 0, err
+    assert err.splitlines() == [
+        f"warning: {run / 'checkpoints/step_0000020'} does not read back whole; resuming from step_0000010"
+    ]
     good = load_file(str(trained / "checkpoints/step_0000020/model.safetensors"))
     redone = load_file(str(run / "checkpoints/step_0000020/model.safetensors"))
     assert good.keys() == redone.keys()
