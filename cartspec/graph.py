@@ -111,6 +111,17 @@ def kv_latent(m: ModelConfig, latent: int | None) -> int:
     return latent if latent is not None else m.d_model // 4
 
 
+def _structure(m: ModelConfig, section: Any) -> dict[str, Any]:
+    """A section's settings with its size defaults resolved: sharing groups compare these, so
+    ``kv_heads: null`` and the query-head count it stands for are the same structure."""
+    settings = section.model_dump()
+    if "kv_heads" in settings and settings["kv_heads"] is None:
+        settings["kv_heads"] = m.n_heads
+    if "kv_latent" in settings:
+        settings["kv_latent"] = kv_latent(m, settings["kv_latent"])
+    return settings
+
+
 def ffn_params(m: ModelConfig) -> int:
     matrices = 3 if m.ffn.kind == "swiglu" else 2
     return matrices * m.d_model * m.ffn_hidden
@@ -181,7 +192,7 @@ def build_graph(spec: Spec, loaded: Loaded | None = None) -> ModelGraph:
                 block,
                 "layer",
                 layer_parts(m, stack.attention),
-                ("layer", stack.attention.model_dump()),
+                ("layer", _structure(m, stack.attention)),
             )
             prev = use(Use(name, block, name, name, attention=1), prev)
         return prev
@@ -197,7 +208,7 @@ def build_graph(spec: Spec, loaded: Loaded | None = None) -> ModelGraph:
             "anchor",
             "anchor",
             {"kv": anchor_params(m, b.anchor)},
-            ("anchor", b.anchor.model_dump()),
+            ("anchor", _structure(m, b.anchor)),
         )
         if b.anchor.recompute == "never":
             use(Use("anchor", "anchor", "anchor", "anchor"), outputs[b.anchor.from_])
@@ -226,7 +237,7 @@ def build_graph(spec: Spec, loaded: Loaded | None = None) -> ModelGraph:
 def _run_core(spec: Spec, core: Core, prev: str, add_group, use, edges) -> str:
     m, anchor = spec.model, spec.blocks.anchor
     parts = {k: v * core.layers for k, v in layer_parts(m, core.attention).items()}
-    signature = ("core", core.layers, core.attention.model_dump())
+    signature = ("core", core.layers, _structure(m, core.attention))
     if core.shared:
         add_group("core", "core", "core", parts, signature)
     else:

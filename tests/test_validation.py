@@ -560,6 +560,31 @@ def test_loop_embedding_table_must_cover_every_loop(cli, write_spec):
 # ----------------------------------------------------------------------------- sharing groups
 
 
+def test_sharing_compares_sizes_so_a_default_equals_the_value_it_stands_for(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          prelude: {layers: 2, attention: {kind: mha}}
+          coda: {layers: 2, attention: {kind: mha, kv_heads: 4}}   # 32 / 8: the default's value
+        share:
+          - {name: ends, members: [prelude.0, coda.0]}
+        """)
+    rc, out, err = cli("validate", "spec.yaml")
+    assert rc == 0, err
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          prelude: {layers: 2, attention: {kind: mla, kv_latent: 8}}   # 32 / 4: the default's value
+          coda: {layers: 2, attention: {kind: mla}}
+        share:
+          - {name: ends, members: [prelude.0, coda.0]}
+        """)
+    rc, out, err = cli("validate", "spec.yaml")
+    assert rc == 0, err
+
+
 def test_sharing_group_members_must_be_structurally_identical(cli, write_spec):
     write_spec("""
         name: t
