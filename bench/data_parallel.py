@@ -4,8 +4,8 @@ Every row trains the same spec with the same global batch through the real CLI (
 --nproc N --json``) and reads the run's own throughput from ``metrics.jsonl``, after the first
 ``--skip`` logged steps (start-up, first allocations). The one-process row gets all the cores as
 threads; each of the N processes gets cores/N threads, so the rows compare ways of spending the
-same machine, not more hardware. The last columns check that the runs trained the same thing:
-final losses agree to float noise.
+same machine, not more hardware. The last column checks that the runs trained the same thing:
+the final losses agree to float noise.
 
     python bench/data_parallel.py                          # cart_tiny, 30 steps, 2 processes
     python bench/data_parallel.py --nproc 4 --steps 50 --set train.micro_batch=32

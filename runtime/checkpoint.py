@@ -151,8 +151,6 @@ def load_weights(path: Path, model: nn.Module) -> None:
 def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Loaded:
     """Load weights, optimizer state and RNG state; returns the step and the JSON state."""
     state = read_state(path)
-    if not is_sharded(model):
-        load_weights(path, model)
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
         rng = load_file(str(path / "rng.safetensors"))
@@ -162,6 +160,7 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> L
     if is_sharded(model):
         _load_sharded(path, model, optimizer, optimizer_state)
     else:
+        load_weights(path, model)
         optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():

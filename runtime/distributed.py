@@ -63,14 +63,10 @@ def setup(world: World, device: torch.device) -> torch.device:
         # the others wait on rank 0 while it builds the tokenizer and token cache (main_first)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            device_id=_device_id(device),
+            device_id=device if device.type == "cuda" else None,
             timeout=datetime.timedelta(hours=1),
         )
     return device
-
-
-def _device_id(device: torch.device) -> torch.device | None:
-    return device if device.type == "cuda" else None
 
 
 def teardown(world: World) -> None:
