@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
+from cartspec.resolve import Resolved, resolve
 from cartspec.runtime.generated import compiled_module
-from cartspec.spec import Resolved, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -33,7 +33,7 @@ from strategies import RandomChooser, random_case, write_files  # noqa: E402
 from cartspec.accounting import account  # noqa: E402
 from cartspec.codegen.render import render  # noqa: E402
 from cartspec.errors import SpecError, UserError  # noqa: E402
-from cartspec.spec import resolve  # noqa: E402
+from cartspec.resolve import resolve  # noqa: E402
 
 LOCATED = re.compile(r"^(--set .*|[^:\n]+(:\d+:\d+)?): \S")
 

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
+from cartspec.resolve import resolve
 from cartspec.runtime import train as runtime
 from cartspec.runtime.data import BatchStream
 from cartspec.runtime.generated import compiled_module, import_module
 from cartspec.runtime.optim import build_optimizer, lr_at
-from cartspec.spec import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "tiny" / "cart_tiny.yaml"

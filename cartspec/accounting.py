@@ -48,7 +48,7 @@ class Flops:
 
 
 @dataclass(frozen=True)
-class Report:
+class ParamReport:
     name: str
     stored: int
     effective: int
@@ -63,7 +63,7 @@ class Report:
         return asdict(self)
 
 
-def account(graph: ModelGraph) -> Report:
+def account(graph: ModelGraph) -> ParamReport:
     """Every count of the report, from the graph's groups and uses."""
     spec, m = graph.spec, graph.spec.model
     groups = graph.groups.values()
@@ -86,7 +86,7 @@ def account(graph: ModelGraph) -> Report:
     attention_uses = sum(u.attention for u in graph.uses)
     T = spec.model.max_seq_len
     forward = 2 * (paper - embedding) * T + 4 * attention_uses * T * T * m.d_model
-    return Report(
+    return ParamReport(
         name=spec.name,
         stored=stored,
         effective=effective,

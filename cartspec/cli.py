@@ -71,7 +71,7 @@ def validate(
     set_: Sets = [],
 ) -> None:  # noqa: B006
     """Check specs: schema, semantics, sizes. Prints one line per spec; every problem at once."""
-    from cartspec.spec import resolve
+    from cartspec.resolve import resolve
 
     problems = []
     for path in specs:
@@ -95,7 +95,7 @@ def params(
     """Parameter and FLOP report: stored, effective, the paper's effective, per block and group."""
     from cartspec.accounting import account
     from cartspec.report import print_json, print_params
-    from cartspec.spec import resolve
+    from cartspec.resolve import resolve
 
     report = account(resolve(spec, set_).graph)
     if as_json:
@@ -115,7 +115,7 @@ def graph(
 ) -> None:
     """The module-use graph: one node per use, with its sharing group and dataflow edges."""
     from cartspec.report import graph_dot, graph_json, graph_text, print_json
-    from cartspec.spec import resolve
+    from cartspec.resolve import resolve
 
     if fmt not in ("text", "dot", "json"):
         raise UserError(f"--format: expected text, dot or json, got {fmt!r}")
@@ -139,7 +139,7 @@ def compile_(
     """Compile specs into standalone PyTorch modules: <out>/<name>.py."""
     from cartspec.codegen.render import render
     from cartspec.codegen.write import drift, write_atomic
-    from cartspec.spec import resolve
+    from cartspec.resolve import resolve
 
     resolved = []
     problems = []
@@ -216,9 +216,9 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
+    from cartspec.resolve import resolve
     from cartspec.runtime.train import Options, TrainingDiverged, pick_device
     from cartspec.runtime.train import train as run_training
-    from cartspec.spec import resolve
 
     overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
     for flag, key, value in (
@@ -359,7 +359,7 @@ def parity(
 ) -> None:
     """The dense baseline of a looped spec at stored, effective or FLOP parity, as a standalone spec."""
     from cartspec.parity import describe, find
-    from cartspec.spec import resolve
+    from cartspec.resolve import resolve
 
     found = find(resolve(spec, set_), match, vary, rule, layers)
     lines = describe(found)

@@ -540,8 +540,3 @@ def _located(problems: list[tuple[Path_, str]], loaded: Loaded | None) -> SpecEr
 
     found = [Problem(where(p), ".".join(str(x) for x in p), msg) for p, msg in problems]
     return SpecError(sorted(found, key=file_order))
-
-
-def spec_dict(spec: Spec) -> dict[str, Any]:
-    """The resolved spec as plain data with its YAML key names (``from`` not ``from_``)."""
-    return spec.model_dump(mode="json", by_alias=True)

@@ -20,12 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
-from cartspec.accounting import Report, account
+from cartspec.accounting import ParamReport, account
 from cartspec.errors import UserError
-from cartspec.graph import build_graph
-from cartspec.loader import Loaded
-from cartspec.spec import Resolved
-from cartspec.validate import validate
+from cartspec.resolve import Resolved, resolve_data
 
 Match = Literal["stored", "effective", "flops"]
 Rule = Literal["nearest", "at-most", "at-least"]
@@ -57,7 +54,7 @@ class Candidate:
     layers: int
     d_model: int
     count: int
-    report: Report
+    report: ParamReport
     data: dict[str, Any]
 
     @property
@@ -100,7 +97,7 @@ class Parity:
         return "\n".join(lines) + "\n" + body
 
 
-def measure(report: Report, match: str) -> int:
+def measure(report: ParamReport, match: str) -> int:
     """The number a parity match compares."""
     if match == "stored":
         return report.stored
@@ -142,8 +139,7 @@ def dense_data(resolved: Resolved, match: str, layers: int, d_model: int) -> dic
 def candidate(resolved: Resolved, match: str, layers: int, d_model: int) -> Candidate:
     """Build, validate and count one dense candidate in memory."""
     data = dense_data(resolved, match, layers, d_model)
-    loaded = Loaded(data=copy.deepcopy(data), files=list(resolved.loaded.files))
-    report = account(build_graph(validate(loaded), loaded))
+    report = account(resolve_data(data, resolved.path).graph)
     return Candidate(layers, d_model, measure(report, match), report, data)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cartspec.accounting import Report
+from cartspec.accounting import ParamReport
 from cartspec.graph import ModelGraph
 
 
@@ -16,7 +16,7 @@ def human(n: float) -> str:
     return str(int(n))
 
 
-def print_params(report: Report) -> None:
+def print_params(report: ParamReport) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -399,3 +399,8 @@ class Spec(Strict):
     @property
     def seq_len(self) -> int:
         return self.train.seq_len or self.model.max_seq_len
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step: micro_batch x grad_accum x seq_len (any process count)."""
+        return self.train.micro_batch * self.train.grad_accum * self.seq_len

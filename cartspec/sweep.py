@@ -28,7 +28,6 @@ The runtime (torch) is imported only when something is actually trained or evalu
 
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
 import hashlib
@@ -50,13 +49,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cartspec import results
-from cartspec.accounting import Report, account
+from cartspec.accounting import ParamReport, account
 from cartspec.errors import Problem, SpecError, UserError
-from cartspec.graph import build_graph, spec_dict
-from cartspec.loader import Loaded, apply_set, display, read_yaml
+from cartspec.loader import Loaded, display, read_yaml
+from cartspec.resolve import Resolved, resolve, resolve_data, spec_dict, spec_sha256
+from cartspec.runtime.rundir import newest_step
 from cartspec.schema import IDENTIFIER, Identifier
-from cartspec.spec import Resolved, resolve
-from cartspec.validate import file_order, validate
+from cartspec.validate import file_order
 
 ABBREVIATIONS = {
     "model.d_model": "d",
@@ -298,7 +297,7 @@ def _fit_id(text: str, salt: str) -> str:
 
 
 def fingerprint(resolved: Resolved) -> str:
-    return hashlib.sha256(json.dumps(spec_dict(resolved.spec), sort_keys=True).encode()).hexdigest()
+    return spec_sha256(resolved.spec)
 
 
 def spec_change(before: dict[str, Any], after: dict[str, Any], path: str = "") -> list[str]:
@@ -336,7 +335,7 @@ class Config:
     grid: dict[str, Any]
     ref: str | None
     resolved: Resolved
-    report: Report
+    report: ParamReport
     at: str  # where in the sweep file it comes from
     spec_text: str | None = None  # parity: the derived spec file's content
     spec_data: dict[str, Any] | None = None  # parity: the same as data (variants start from it)
@@ -357,8 +356,7 @@ class Config:
 
     @property
     def tokens(self) -> int:
-        t = self.resolved.spec.train
-        return t.steps * t.micro_batch * t.grad_accum * self.resolved.spec.seq_len
+        return self.steps * self.resolved.spec.tokens_per_step
 
     def command(self, run_dir: Path) -> str:
         args = ["cartspec", "train", display(self.spec_path)]
@@ -433,11 +431,7 @@ class _Planner:
         try:
             if data is None:
                 return resolve(spec_path, overrides)
-            loaded = Loaded(data=copy.deepcopy(data), files=[spec_path])
-            for o in overrides:
-                loaded = apply_set(loaded, o)
-            spec = validate(loaded)
-            return Resolved(spec_path, loaded, spec, build_graph(spec, loaded))
+            return resolve_data(data, spec_path, overrides)
         except SpecError as e:
             for p in e.problems:
                 where = (
@@ -798,7 +792,7 @@ def run(
                     echo(f"{tag}  done before; skipped")
                 done += 1
                 continue
-            start = _newest_step(p.run_dir(c))
+            start = newest_step(p.run_dir(c))
             echo(f"{tag}  training" + (f" (resuming from step {start})" if start else ""))
             results.update(con, c.id, status="running", error=None)
             t0, before = time.perf_counter(), have[c.id].wall_s or 0.0
@@ -855,12 +849,3 @@ def _evaluate(con, p: Plan, c: Config, counts: list[int], device: str) -> None:
 
     _, found = evaluate_loops(p.run_dir(c), counts, None, device)
     results.put_loop_evals(con, c.id, [(r.loops, r.val_loss, r.val_ppl) for r in found])
-
-
-def _newest_step(run_dir: Path) -> int:
-    steps = [
-        int(m.group(1))
-        for d in (run_dir / "checkpoints").glob("step_*")
-        if (m := re.fullmatch(r"step_(\d+)", d.name))
-    ]
-    return max(steps, default=0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from torch import nn
 
 from cartspec.errors import UserError
 from cartspec.runtime.distributed import is_sharded
+from cartspec.runtime.rundir import checkpoint_dir, checkpoint_name, list_checkpoints
 
 FORMAT = 1
-_STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,6 @@ class Loaded:
     step: int
     state: dict[str, Any]
     path: Path
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
 
 
 def save(
@@ -57,8 +52,8 @@ def save(
     if not is_main:
         return None
     root = checkpoint_dir(run_dir)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".step_{step:07d}.{os.getpid()}.tmp"
+    final = root / checkpoint_name(step)
+    tmp = root / f".{final.name}.{os.getpid()}.tmp"
     for stale in root.glob(".step_*") if root.is_dir() else []:  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -92,15 +87,6 @@ def _remove(path: Path) -> None:
     doomed = path.with_name(f".{path.name}.{os.getpid()}.old")
     os.replace(path, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoint folders, oldest first (temporary folders are ignored)."""
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from types import ModuleType
 
 from cartspec.codegen.render import render
 from cartspec.codegen.write import write_atomic
-from cartspec.spec import Resolved
+from cartspec.resolve import Resolved
 
 
 def import_module(path: str | Path) -> ModuleType:

@@ -24,9 +24,8 @@ from torch import nn
 
 from cartspec import __version__
 from cartspec.accounting import account
-from cartspec.codegen.render import architecture_sha256
 from cartspec.errors import UserError
-from cartspec.graph import spec_dict
+from cartspec.resolve import Resolved, architecture_sha256, spec_dict
 from cartspec.runtime import checkpoint, distributed
 from cartspec.runtime.compiling import compile_model
 from cartspec.runtime.data import (
@@ -44,7 +43,6 @@ from cartspec.runtime.generated import compiled_module
 from cartspec.runtime.optim import build_optimizer, lr_at
 from cartspec.runtime.tokenizer import Tokenizer, build_tokenizer, load_tokenizer_file
 from cartspec.schema import Spec
-from cartspec.spec import Resolved
 
 
 class TrainingDiverged(Exception):
@@ -271,7 +269,7 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
     metrics = Metrics(run_dir / "metrics.jsonl", start if resume_from is not None else None, world.is_main)
     report = account(resolved.graph)
     stop = min(t.steps, options.until) if options.until is not None else t.steps
-    tokens_per_step = t.micro_batch * t.grad_accum * spec.seq_len
+    tokens_per_step = spec.tokens_per_step
 
     loss_value, val_loss = float("nan"), None
     wall0 = window_time = time.perf_counter()

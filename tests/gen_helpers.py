@@ -13,9 +13,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from cartspec.accounting import Report, account
+from cartspec.accounting import ParamReport, account
+from cartspec.resolve import Resolved, resolve
 from cartspec.runtime.generated import compiled_module, import_module
-from cartspec.spec import Resolved, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
@@ -129,7 +129,7 @@ def compile_variant(
 
 
 @cache
-def shipped(spec: str) -> tuple[Resolved, Report, ModuleType]:
+def shipped(spec: str) -> tuple[Resolved, ParamReport, ModuleType]:
     """A shipped spec, its accounting and its committed generated module."""
     resolved = resolve(ROOT / spec)
     return resolved, account(resolved.graph), import_module(GENERATED / f"{resolved.spec.name}.py")

@@ -404,10 +404,10 @@ class SpecFiles:
 
 
 def resolved(spec: dict) -> Any:
-    """A spec's plain data validated and built in-process, as ``cartspec.spec.resolve`` does a file."""
+    """A spec's plain data validated and built in-process, as ``cartspec.resolve.resolve`` does a file."""
     from cartspec.graph import build_graph
     from cartspec.loader import Loaded
-    from cartspec.spec import Resolved
+    from cartspec.resolve import Resolved
     from cartspec.validate import validate
 
     loaded = Loaded(data=copy.deepcopy(spec), files=[Path("x.yaml")])

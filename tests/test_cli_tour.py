@@ -355,8 +355,8 @@ def test_resuming_a_run_with_another_spec_is_refused(trained, run):
 
 
 def test_weights_of_another_model_are_refused(trained, run):
+    from cartspec.resolve import resolve
     from cartspec.runtime.generated import compiled_module
-    from cartspec.spec import resolve
 
     other = resolve(CART_TINY, [*TINY, "model.d_model=48"])
     module, _ = compiled_module(other, run.parent / "other")

@@ -15,7 +15,7 @@ import pytest
 from gen_helpers import CART_TINY, GENERATED, ROOT, SHIPPED, VARIANTS, compile_variant
 
 from cartspec.codegen.render import render
-from cartspec.spec import resolve
+from cartspec.resolve import resolve
 
 
 def shipped_names() -> set[str]:

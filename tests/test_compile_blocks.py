@@ -28,11 +28,11 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from cartspec.errors import SpecError
+from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime import train as runtime
 from cartspec.runtime.compiling import compile_model
 from cartspec.runtime.generated import import_module
-from cartspec.spec import resolve
 
 STAGES = ("stack", "prelude", "core", "coda")  # where blocks live; everything else is not a block
 B, T = 2, 16

@@ -21,11 +21,11 @@ import pytest
 import torch
 from gen_helpers import BYTES_CART_SETS
 
+from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime.distributed import split_batch
 from cartspec.runtime.generated import import_module
 from cartspec.runtime.train import Options, train
-from cartspec.spec import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"

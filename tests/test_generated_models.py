@@ -31,8 +31,8 @@ from reference.cart_author import AuthorCART, AuthorConfig, load_generated
 from torch.utils.flop_counter import FlopCounterMode
 
 from cartspec.accounting import account
+from cartspec.resolve import resolve
 from cartspec.runtime.generated import compiled_module
-from cartspec.spec import resolve
 
 B, T = 2, 16  # batch and length of the small numeric checks
 

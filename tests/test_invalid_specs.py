@@ -35,8 +35,8 @@ from cartspec.cli import app
 from cartspec.codegen.render import render
 from cartspec.errors import SpecError
 from cartspec.loader import printable
+from cartspec.resolve import resolve
 from cartspec.schema import IDENTIFIER
-from cartspec.spec import resolve
 
 LOCATED = re.compile(r"^(?P<file>[^:\n]+)(?::\d+:\d+)?: \S")
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cartspec.accounting import account
-from cartspec.spec import resolve
+from cartspec.resolve import resolve
 
 CART = "specs/cart_d1024.yaml"
 

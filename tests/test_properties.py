@@ -20,9 +20,9 @@ from strategies import counts, examples, extended_specs, resolved, shared_module
 from cartspec.accounting import account
 from cartspec.codegen.render import render
 from cartspec.loader import load
+from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime.generated import compiled_module
-from cartspec.spec import resolve
 
 MANY = settings(max_examples=examples(ci=200, dev=40))
 SOME = settings(max_examples=examples(ci=100, dev=25))

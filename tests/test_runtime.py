@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from cartspec.resolve import resolve
 from cartspec.runtime.generated import compiled_module
 from cartspec.runtime.optim import build_optimizer, lr_at, parameter_groups
 from cartspec.runtime.train import Options, Summary, prepare_data, train
-from cartspec.spec import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"

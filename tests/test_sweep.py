@@ -20,7 +20,7 @@ from sweep_helpers import TINY_SPEC, one_thread, write_mini_sweep
 import cartspec.runtime.train as runtime_train
 from cartspec import sweep
 from cartspec.errors import SpecError, UserError
-from cartspec.spec import resolve
+from cartspec.resolve import resolve
 
 IDS = ["r2", "r3", "dense_stored_r3", "no_hc"]
 

@@ -12,9 +12,9 @@ import torch
 from gen_helpers import BYTES_CART_SETS
 from safetensors.torch import load_file
 
+from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime.train import Options, train
-from cartspec.spec import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"

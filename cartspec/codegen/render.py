@@ -7,8 +7,6 @@ Only validated identifiers and numbers reach the source; the spec's free text ne
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from functools import cache
 
@@ -17,8 +15,8 @@ import jinja2
 from cartspec import __version__
 from cartspec.graph import LAYER_BLOCKS, ModelGraph, kv_latent
 from cartspec.loader import display
+from cartspec.resolve import Resolved, architecture_sha256
 from cartspec.schema import MHA, MLA, Core, Cross, ModelConfig, Spec, Stack
-from cartspec.spec import Resolved
 
 
 @dataclass(frozen=True)
@@ -80,12 +78,6 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
-
-
-def architecture_sha256(spec: Spec) -> str:
-    """Hash of what the generated code depends on: the model, blocks and share sections."""
-    data = spec.model_dump(mode="json", by_alias=True, include={"model", "blocks", "share"})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def class_name(name: str) -> str:
