@@ -1,4 +1,7 @@
-"""Parameter and FLOP accounting, read off the graph (no torch).
+"""Parameter and FLOP accounting: the component kinds' formulas summed over the graph (no torch).
+
+Each sharing group carries the parameters and forward FLOPs of one call, from its kinds'
+formulas (:mod:`cartspec.components`); this module only sums them (docs/accounting.md):
 
 - stored: unique parameters; a sharing group counts once. Buffers are not parameters.
 - effective: sum over sharing groups of size x calls in one forward pass, i.e. the size of the
@@ -6,8 +9,9 @@
 - effective (paper): the CART author's ``count_parameters()``: token-mixing blocks (layers,
   core, anchor) count once per call; loop control (gate, state mix, loop embedding), norms and
   embeddings once.
-- forward FLOPs per sequence, the paper's way: 2 x non-embedding effective (paper) x T
-  + 4 x attention uses x T^2 x d; the head's 2 x V x d per token is reported on its own.
+- forward FLOPs per sequence, the paper's way: each group's FLOPs per call (2 x parameters x T,
+  plus 4 x T^2 x d per attention) counted as the paper counts its parameters; the embedding and
+  the head are left out (the head's 2 x V x d per token is reported on its own).
   Training = 3 x forward.
 """
 
@@ -65,13 +69,14 @@ class ParamReport:
 
 def account(graph: ModelGraph) -> ParamReport:
     """Every count of the report, from the graph's groups and uses."""
-    spec, m = graph.spec, graph.spec.model
+    m = graph.arch.model
     groups = graph.groups.values()
     calls = {g.name: graph.calls(g.name) for g in groups}
+    counted = {g.name: 1 if g.loop_control else calls[g.name] for g in groups}  # the paper's way
 
     stored = sum(g.params for g in groups)
     effective = sum(g.params * calls[g.name] for g in groups)
-    paper = sum(g.params * (calls[g.name] if g.kind in ("layer", "core", "anchor") else 1) for g in groups)
+    paper = sum(g.params * counted[g.name] for g in groups)
     embedding = sum(g.params for g in groups if g.kind in EMBEDDING_KINDS)
 
     blocks: dict[str, list[int]] = {}  # name -> [stored, uses, effective], in execution order
@@ -84,10 +89,10 @@ def account(graph: ModelGraph) -> ParamReport:
         blocks.setdefault(g.block, [0, 0, 0])[0] += g.params
 
     attention_uses = sum(u.attention for u in graph.uses)
-    T = spec.model.max_seq_len
-    forward = 2 * (paper - embedding) * T + 4 * attention_uses * T * T * m.d_model
+    T = m.max_seq_len
+    forward = sum(g.flops * counted[g.name] for g in groups)
     return ParamReport(
-        name=spec.name,
+        name=graph.arch.name,
         stored=stored,
         effective=effective,
         effective_paper=paper,

@@ -82,7 +82,7 @@ def graph_text(graph: ModelGraph) -> str:
     for a, b in graph.edges:
         inputs.setdefault(b, []).append(a)
     width = max(len(u.name) for u in graph.uses)
-    lines = [f"# {graph.spec.name}: {len(graph.uses)} uses, {len(graph.groups)} sharing groups"]
+    lines = [f"# {graph.arch.name}: {len(graph.uses)} uses, {len(graph.groups)} sharing groups"]
     for u in graph.uses:
         group = graph.groups[u.group]
         tag = "" if u.call else "  (tied: reads the table, no call)"
@@ -95,7 +95,7 @@ def graph_text(graph: ModelGraph) -> str:
 def graph_dot(graph: ModelGraph) -> str:
     """Graphviz DOT: uses as nodes, coloured by sharing group."""
     lines = [
-        f'digraph "{graph.spec.name}" {{',
+        f'digraph "{graph.arch.name}" {{',
         "  rankdir=TB; node [shape=box, fontname=monospace];",
     ]
     palette = [

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cartspec.accounting import ParamReport, account
+from cartspec.architecture import Architecture, resolve_architecture
+from cartspec.checks import check_sharing, check_spec
 from cartspec.graph import ModelGraph, build_graph
 from cartspec.loader import Loaded, apply_set, load
 from cartspec.schema import Spec
@@ -29,6 +31,7 @@ class Resolved:
     path: Path
     loaded: Loaded
     spec: Spec
+    arch: Architecture
     graph: ModelGraph
 
     @property
@@ -66,8 +69,12 @@ def resolve_data(
 
 
 def resolve_loaded(loaded: Loaded, path: Path) -> Resolved:
+    """Schema, semantic checks, the concrete architecture, then the graph."""
     spec = validate(loaded)
-    return Resolved(path, loaded, spec, build_graph(spec, loaded))
+    check_spec(spec, loaded)
+    arch = resolve_architecture(spec)
+    check_sharing(arch, loaded)
+    return Resolved(path, loaded, spec, arch, build_graph(arch))
 
 
 def spec_dict(spec: Spec) -> dict[str, Any]:

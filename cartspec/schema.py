@@ -1,61 +1,34 @@
 """The spec language: pydantic models with unknown keys rejected and every size bounded.
 
 A spec path equals the module path it configures (``blocks.core.attention`` is the generated
-``core.attn``), so errors, reports and generated names line up. Semantic rules that need more
-than one field (anchors, sharing groups, loop tables) live in :mod:`cartspec.graph`.
+``core.attn``), so errors, reports and generated names line up. The component kinds (attention,
+anchor, FFN, norm, loop parts) are declared in :mod:`cartspec.components`; this module composes
+them into stages. Rules that need more than one field live in :mod:`cartspec.checks`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
-IDENTIFIER = r"^[a-z][a-z0-9_]{0,63}$"
-Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
+from cartspec.components import kinds, union
+from cartspec.components.anchor import Anchor
+from cartspec.components.base import IDENTIFIER, Identifier, Strict
+from cartspec.components.ffn import FFN
+from cartspec.components.norm import Norm
 
+__all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
 
-class Strict(BaseModel):
-    """Base of every spec node: unknown keys are errors, values are immutable once loaded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# the spec's unions, over the registered kinds (in declaration order)
+AnyAttention = union(kinds("attention"))
+SelfAttention = union(tuple(k for k in kinds("attention") if not k.reads_anchor))
+Gate = union(kinds("gate"))
+StateMix = union(kinds("state_mix"))
+LoopSignal = union(kinds("loop_embedding"))
 
 
 # ----------------------------------------------------------------------------- model-wide
-
-
-class FFN(Strict):
-    """The feed-forward network of every layer."""
-
-    kind: Literal["swiglu", "gelu"] = Field(
-        "swiglu", description="swiglu: down(silu(gate(x)) * up(x)); gelu: proj(gelu(fc(x)))."
-    )
-    hidden: int | None = Field(
-        None,
-        ge=1,
-        le=1 << 18,
-        description="Hidden width. Default: swiglu ceil(int(8d/3)/multiple_of)*multiple_of (CART), gelu 4d.",
-    )
-    multiple_of: int = Field(256, ge=1, le=4096, description="Rounding of the default swiglu hidden width.")
-
-    def hidden_for(self, d_model: int) -> int:
-        """The hidden width this FFN resolves to at width ``d_model``."""
-        if self.hidden is not None:
-            return self.hidden
-        if self.kind == "gelu":
-            return 4 * d_model
-        return math.ceil(int(8 * d_model / 3) / self.multiple_of) * self.multiple_of
-
-
-class Norm(Strict):
-    """The normalisation used before every mixer and FFN, and before the head."""
-
-    kind: Literal["rmsnorm", "layernorm"] = Field(
-        "rmsnorm",
-        description="rmsnorm (weight only, computed in float32) or layernorm (weight and bias).",
-    )
-    eps: float = Field(1e-6, gt=0, lt=1, description="Added to the variance for stability.")
 
 
 class ModelConfig(Strict):
@@ -80,57 +53,12 @@ class ModelConfig(Strict):
 
     @property
     def n_heads(self) -> int:
+        """d_model / head_dim (the checks refuse a remainder)."""
         return self.d_model // self.head_dim
 
     @property
     def ffn_hidden(self) -> int:
         return self.ffn.hidden_for(self.d_model)
-
-
-# ----------------------------------------------------------------------------- attention
-
-
-class MHA(Strict):
-    """Multi-head self-attention with full-rank Q, K, V and O projections (GQA/MQA via kv_heads)."""
-
-    kind: Literal["mha"]
-    kv_heads: int | None = Field(
-        None,
-        ge=1,
-        le=4096,
-        description="K/V heads; default = query heads (MHA); fewer = GQA; 1 = MQA.",
-    )
-    rope: bool = Field(True, description="Rotary position embedding on Q and K.")
-    rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
-    causal: bool = Field(True, description="Causal mask.")
-
-
-class MLA(Strict):
-    """CART's simplified latent-KV attention: full-rank Q; K and V up-projected from one latent."""
-
-    kind: Literal["mla"]
-    kv_latent: int | None = Field(
-        None, ge=1, le=1 << 16, description="Latent width of K/V; default d_model / 4."
-    )
-    rope: bool = Field(True, description="Rotary position embedding on Q and K (full head dim).")
-    rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
-    causal: bool = Field(True, description="Causal mask.")
-
-
-class Cross(Strict):
-    """Cross-attention from the loop state to an anchor's K and V (only q_proj and o_proj)."""
-
-    kind: Literal["cross"]
-    to: Identifier = Field("anchor", description="The anchor block whose K, V are read.")
-    rope: Literal[False] = Field(False, description="Always false: the anchor's K carries no RoPE.")
-    causal: bool = Field(
-        True,
-        description="Query t sees anchor positions 0..t. CART needs true (false leaks the future).",
-    )
-
-
-SelfAttention = Annotated[MHA | MLA, Field(discriminator="kind")]
-AnyAttention = Annotated[MHA | MLA | Cross, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -141,96 +69,6 @@ class Stack(Strict):
 
     layers: int = Field(..., ge=1, le=1024, description="Number of layers.")
     attention: SelfAttention = Field(..., description="Self-attention of every layer.")
-
-
-class Anchor(Strict):
-    """K and V computed from one block's output, read by cross-attention in the core."""
-
-    from_: Identifier = Field(
-        "prelude", alias="from", description="Whose output feeds the anchor: prelude or embedding."
-    )
-    kind: Literal["mla_kv", "kv"] = Field(
-        "mla_kv", description="mla_kv: kv_down, k_up, v_up (CART); kv: full-rank k_proj, v_proj."
-    )
-    kv_latent: int | None = Field(
-        None, ge=1, le=1 << 16, description="Latent width for mla_kv; default d_model / 4."
-    )
-    kv_heads: int | None = Field(
-        None, ge=1, le=4096, description="K/V heads for kind kv; default = query heads."
-    )
-    recompute: Literal["never", "every_loop"] = Field(
-        "never",
-        description="never: K, V once per forward; every_loop: from each loop's input (the unfrozen-KV ablation).",
-    )
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class LTIGate(Strict):
-    """CART's "LTI gate": a learned per-channel decay sigmoid(a) on the loop input."""
-
-    kind: Literal["lti"]
-    init: float = Field(0.9, gt=0, lt=1, description="Initial sigmoid(a); a starts at logit(init).")
-    form: Literal["cart", "contractive"] = Field(
-        "cart",
-        description="cart: sigmoid(a)*h_in + block(h_in) (block keeps its residual, as the author's code); contractive: sigmoid(a)*h_in + delta.",
-    )
-
-
-class ResidualGate(Strict):
-    """h = h_in + block(h_in): the author's disable_lti ablation (block keeps its residual)."""
-
-    kind: Literal["residual"]
-
-
-Gate = Annotated[LTIGate | ResidualGate, Field(discriminator="kind")]
-
-
-class HyperMix(Strict):
-    """CART's hyper-connection: a softmax-weighted blend of the last `taps` loop states."""
-
-    kind: Literal["hyper"]
-    taps: int = Field(3, ge=1, le=16, description="How many past states are blended.")
-    init: list[float] | None = Field(
-        None, description="Initial raw weights (before softmax); default [1, 0, ...]."
-    )
-
-    @field_validator("init")
-    @classmethod
-    def _init_matches_taps(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
-        taps = info.data.get("taps")  # absent when taps itself is invalid
-        if v is not None and taps is not None and len(v) != taps:
-            raise ValueError(f"{len(v)} weights but taps is {taps}")
-        return v
-
-    @field_validator("init")
-    @classmethod
-    def _init_finite(cls, v: list[float] | None) -> list[float] | None:
-        # the weights become float literals in the generated code: nan or inf would not even import
-        if v is not None and not all(math.isfinite(w) and abs(w) <= 1e4 for w in v):
-            raise ValueError(f"weights must be finite numbers in [-1e4, 1e4], got {v}")
-        return v
-
-    @property
-    def init_weights(self) -> list[float]:
-        return list(self.init) if self.init is not None else [1.0] + [0.0] * (self.taps - 1)
-
-
-class LoopEmbedding(Strict):
-    """A fixed sinusoid table indexed by the loop number, projected to d_model by a learned Linear."""
-
-    kind: Literal["sinusoidal"]
-    dim: int = Field(32, ge=2, le=4096, description="Width of the sinusoid table (even).")
-    max_loops: int = Field(
-        16, ge=1, le=4096, description="Rows of the table: the most loops inference may run."
-    )
-
-    @field_validator("dim")
-    @classmethod
-    def _even(cls, v: int) -> int:
-        if v % 2:
-            raise ValueError("must be even (sin and cos pairs)")
-        return v
 
 
 class Core(Strict):
@@ -246,10 +84,10 @@ class Core(Strict):
     gate: Gate | None = Field(
         None, description="How the block output meets the loop input; null: h = block(h_in)."
     )
-    state_mix: HyperMix | None = Field(
+    state_mix: StateMix | None = Field(
         None, description="Blend of past loop states; null: h_in = the last state."
     )
-    loop_embedding: LoopEmbedding | None = Field(
+    loop_embedding: LoopSignal | None = Field(
         None, description="Loop-index signal added to h_in; null: none."
     )
     checkpoint: bool = Field(

@@ -19,20 +19,16 @@ ARCHITECTURE_SHA256 = "82570a99399f8c65103b2c89c5a431073509fb005398e39cb04ec6691
 
 @dataclass(frozen=True)
 class Config:
-    """The resolved spec, every derived size written out."""
+    """The spec's sizes. Sizes it leaves to a rule are properties, so a changed field stays consistent."""
 
     vocab_size: int = 32000
     d_model: int = 768
     max_seq_len: int = 1024
     head_dim: int = 64
-    n_heads: int = 12  # d_model / head_dim
-    ffn_hidden: int = 2048  # swiglu: ceil(int(8 * d_model / 3) / 256) * 256
     norm_eps: float = 1e-06
     init_std: float = 0.02
     rope_base: float = 10000.0
     prelude_layers: int = 6
-    prelude_kv_latent: int = 192  # d_model / 4
-    anchor_kv_latent: int = 192  # d_model / 4
     loops: int = 6  # R
     gate_init: float = 0.9  # sigmoid(a) at init
     state_mix_taps: int = 3
@@ -41,7 +37,37 @@ class Config:
     max_loops: int = 16  # rows of the loop-embedding table
     checkpoint_loops: bool = False
     coda_layers: int = 1
-    coda_kv_latent: int = 192  # d_model / 4
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.head_dim:
+            raise ValueError(f"d_model {self.d_model} is not divisible by head_dim {self.head_dim}")
+        if self.loops > self.max_loops:
+            raise ValueError(f"loops {self.loops} exceeds the {self.max_loops} rows of the loop table")
+
+    @property
+    def n_heads(self) -> int:
+        """d_model / head_dim."""
+        return self.d_model // self.head_dim
+
+    @property
+    def ffn_hidden(self) -> int:
+        """swiglu: ceil(int(8 * d_model / 3) / 256) * 256."""
+        return math.ceil(int(8 * self.d_model / 3) / 256) * 256
+
+    @property
+    def prelude_kv_latent(self) -> int:
+        """d_model / 4."""
+        return self.d_model // 4
+
+    @property
+    def anchor_kv_latent(self) -> int:
+        """d_model / 4."""
+        return self.d_model // 4
+
+    @property
+    def coda_kv_latent(self) -> int:
+        """d_model / 4."""
+        return self.d_model // 4
 
 
 class RMSNorm(nn.Module):
@@ -168,8 +194,8 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class PreludeLayer(nn.Module):
-    """A prelude layer: x + attn(norm(x)), then x + ffn(norm(x))."""
+class Layer(nn.Module):
+    """A transformer layer (prelude, coda): x + attn(norm(x)), then x + ffn(norm(x))."""
 
     def __init__(self, config: Config, kv_latent: int, rotary: Rotary):
         super().__init__()
@@ -261,19 +287,15 @@ class CartD768(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.rotary = Rotary(config.head_dim, config.max_seq_len, config.rope_base)
         self.prelude = nn.ModuleList(
-            [
-                PreludeLayer(config, config.prelude_kv_latent, self.rotary)
-                for _ in range(config.prelude_layers)
-            ]
+            [Layer(config, config.prelude_kv_latent, self.rotary) for _ in range(config.prelude_layers)]
         )
         self.anchor = AnchorKV(config)  # K, V computed once per forward
         self.core = CoreBlock(config)  # one block, run by every loop
         self.state_mix = StateMix(config.state_mix_taps, config.state_mix_init)
         self.loop_embedding = LoopEmbedding(config.loop_embedding_dim, config.max_loops, config.d_model)
         self.gate = LTIGate(config.d_model, config.gate_init)
-        # the coda layer has the prelude layer's structure
         self.coda = nn.ModuleList(
-            [PreludeLayer(config, config.coda_kv_latent, self.rotary) for _ in range(config.coda_layers)]
+            [Layer(config, config.coda_kv_latent, self.rotary) for _ in range(config.coda_layers)]
         )
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.checkpoint_loops = config.checkpoint_loops  # recompute each loop in backward

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,19 +18,35 @@ ARCHITECTURE_SHA256 = "2a541f8b9a1869b6d72f7ba100f730c93ca379b801fe4f59f2b8758a7
 
 @dataclass(frozen=True)
 class Config:
-    """The resolved spec, every derived size written out."""
+    """The spec's sizes. Sizes it leaves to a rule are properties, so a changed field stays consistent."""
 
     vocab_size: int = 1024
     d_model: int = 128
     max_seq_len: int = 256
     head_dim: int = 32
-    n_heads: int = 4  # d_model / head_dim
-    ffn_hidden: int = 384  # swiglu: ceil(int(8 * d_model / 3) / 64) * 64
     norm_eps: float = 1e-06
     init_std: float = 0.02
     rope_base: float = 10000.0
     stack_layers: int = 4
-    stack_kv_heads: int = 4  # MHA
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.head_dim:
+            raise ValueError(f"d_model {self.d_model} is not divisible by head_dim {self.head_dim}")
+
+    @property
+    def n_heads(self) -> int:
+        """d_model / head_dim."""
+        return self.d_model // self.head_dim
+
+    @property
+    def ffn_hidden(self) -> int:
+        """swiglu: ceil(int(8 * d_model / 3) / 64) * 64."""
+        return math.ceil(int(8 * self.d_model / 3) / 64) * 64
+
+    @property
+    def stack_kv_heads(self) -> int:
+        """K/V heads = query heads (MHA)."""
+        return self.n_heads
 
 
 class RMSNorm(nn.Module):
@@ -125,7 +142,7 @@ class SwiGLU(nn.Module):
 
 
 class Layer(nn.Module):
-    """A transformer layer: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """A transformer layer (stack): x + attn(norm(x)), then x + ffn(norm(x))."""
 
     def __init__(self, config: Config, kv_heads: int, rotary: Rotary):
         super().__init__()
@@ -166,11 +183,9 @@ class DenseTiny(nn.Module):
         return [*self.stack]
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, loops: int | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R."""
-        if loops is not None:
-            raise ValueError("this model has no loops to override")
+        """Logits [B, T, vocab] and, given targets, the mean cross-entropy."""
         x = self.embedding(idx)
         for layer in self.stack:
             x = layer(x)
@@ -179,11 +194,6 @@ class DenseTiny(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
-
-    @torch.no_grad()
-    def loop_stats(self) -> dict[str, float | list[float]]:
-        """A model without a loop has no gate or blend to report."""
-        return {}
 
 
 Model = DenseTiny

@@ -404,15 +404,10 @@ class SpecFiles:
 
 
 def resolved(spec: dict) -> Any:
-    """A spec's plain data validated and built in-process, as ``cartspec.resolve.resolve`` does a file."""
-    from cartspec.graph import build_graph
-    from cartspec.loader import Loaded
-    from cartspec.resolve import Resolved
-    from cartspec.validate import validate
+    """A spec's plain data resolved in-process, as ``cartspec.resolve.resolve`` does a file."""
+    from cartspec.resolve import resolve_data
 
-    loaded = Loaded(data=copy.deepcopy(spec), files=[Path("x.yaml")])
-    parsed = validate(loaded)
-    return Resolved(Path("x.yaml"), loaded, parsed, build_graph(parsed, loaded))
+    return resolve_data(spec, "x.yaml")
 
 
 def write_files(folder: Path, files: SpecFiles) -> None:

@@ -15,10 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cartspec.accounting import account
-from cartspec.graph import build_graph
-from cartspec.loader import Loaded
-from cartspec.validate import validate
+from cartspec.resolve import resolve_data
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 V, T = 32_000, 1024  # the shipped specs' vocabulary and sequence length
@@ -366,8 +363,7 @@ def looped_specs(draw) -> dict:
 
 
 def report_of(data: dict):
-    loaded = Loaded(data=data)
-    return account(build_graph(validate(loaded), loaded))
+    return resolve_data(data, "x.yaml").params
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)  # the same examples on every run

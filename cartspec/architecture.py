@@ -1,0 +1,142 @@
+"""The resolved architecture: the spec with every size concrete, in stage order.
+
+Defaults that the spec leaves to a rule (K/V heads = query heads, latent width = d_model / 4,
+the FFN hidden width, the one RoPE base) are made concrete here and nowhere else; the graph,
+the accounting, the code generator and the sharing checks all read this.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from cartspec.components.anchor import Anchor
+from cartspec.components.attention import Attention
+from cartspec.components.loop import LoopPart
+from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
+
+LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the order they may run
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of identical pre-norm layers (stack, prelude or coda), its attention resolved."""
+
+    name: str
+    layers: int
+    attention: Attention
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything the model is, every size concrete. ``spec`` is kept for what the generated
+    ``Config`` shows as written (a size given vs a size left to its rule)."""
+
+    spec: Spec
+    n_heads: int
+    ffn_hidden: int
+    rope_base: float | None  # None: no block uses RoPE
+    stages: tuple[Stage, ...]  # stack, or prelude then coda (the core runs between them)
+    anchor: Anchor | None
+    core: Core | None  # its attention resolved
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.spec.model
+
+    @property
+    def looped(self) -> bool:
+        return self.core is not None
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    @property
+    def attentions(self) -> list[Attention]:
+        """Every attention in stage order (core last)."""
+        return [s.attention for s in self.stages] + ([self.core.attention] if self.core else [])
+
+    def layer_parts(self, attention: Attention) -> dict[str, int]:
+        """Parameters of one pre-norm layer: attention, FFN and its two norms."""
+        m = self.model
+        return {
+            "attn": attention.params(m),
+            "ffn": m.ffn.params(m.d_model),
+            "norms": 2 * m.norm.params(m.d_model),
+        }
+
+    def layer_flops(self, attention: Attention) -> int:
+        """Forward FLOPs per sequence of one layer."""
+        m, T = self.model, self.model.max_seq_len
+        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T)
+
+    def shareable(self) -> dict[str, tuple]:
+        """Every module a ``share:`` group may name, with its structure: members of one group
+        must agree on it (sizes compared resolved, so ``kv_heads: null`` equals the head count)."""
+        out: dict[str, tuple] = {}
+        for stage in self.stages:
+            for i in range(stage.layers):
+                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention))
+        c = self.core
+        if c is not None:
+            signature = ("core", c.layers, _structure(c.attention))
+            for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
+                out[module] = signature
+        return out
+
+    def loop_parts(self) -> list[LoopPart]:
+        """The core's gate, state mix and loop embedding that the spec has, in that order."""
+        c = self.core
+        return [p for p in (c.gate, c.state_mix, c.loop_embedding) if p is not None] if c else []
+
+    def module_names(self) -> set[str]:
+        """Every module with parameters of its own before sharing: the graph's sharing groups."""
+        names = {"embedding", "norm", *self.shareable()}
+        names |= {"anchor"} if self.anchor else set()
+        names |= {p.attribute for p in self.loop_parts() if p.attribute}
+        names |= set() if self.model.tie_embeddings else {"head"}
+        return names
+
+
+def _structure(attention: Attention) -> dict[str, Any]:
+    return attention.model_dump()
+
+
+def resolve_architecture(spec: Spec) -> Architecture:
+    """The spec's architecture with every default size made concrete (the spec passed the checks)."""
+    m, b = spec.model, spec.blocks
+    stages = tuple(
+        Stage(name, stack.layers, stack.attention.resolved(m))
+        for name in LAYER_STAGES
+        if (stack := getattr(b, name)) is not None
+    )
+    core = b.core.model_copy(update={"attention": b.core.attention.resolved(m)}) if b.core else None
+    roped = [a for a in [s.attention for s in stages] + ([core.attention] if core else []) if a.rope]
+    return Architecture(
+        spec=spec,
+        n_heads=m.n_heads,
+        ffn_hidden=m.ffn.hidden_for(m.d_model),
+        rope_base=float(roped[0].rope_base) if roped else None,
+        stages=stages,
+        anchor=b.anchor.resolved(m) if b.anchor else None,
+        core=core,
+    )
+
+
+def share_members(share: ShareGroup, modules: list[str]) -> list[list[str]]:
+    """For each member pattern of a ``share:`` group, the modules it names: ``prelude.3`` itself,
+    ``prelude.*`` every prelude layer, ``core.loop[2]`` the unshared core's ``core.2``."""
+    return [_match(member, modules) for member in share.members]
+
+
+def _match(member: str, modules: list[str]) -> list[str]:
+    if member.startswith("core.loop[") and member.endswith("]"):
+        member = "core." + member[len("core.loop[") : -1]
+    if "*" in member:
+        return [m for m in modules if fnmatch.fnmatchcase(m, member)]
+    return [member] if member in modules else []

@@ -1,0 +1,242 @@
+"""The one semantic validation phase: rules that need more than one field of a spec.
+
+The schema (:mod:`cartspec.schema`) checks each value on its own; these checks see the whole
+spec (sizes that must divide, stages that must fit together, anchors that must be read, sharing
+groups whose members must be identical) and report every problem at its ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+from cartspec.architecture import Architecture, share_members
+from cartspec.errors import Problem, SpecError
+from cartspec.loader import Loaded, Path_
+from cartspec.schema import Spec
+from cartspec.validate import file_order
+
+MAX_STORED_PARAMS = 50_000_000_000  # 200 GB of float32 weights: beyond it a size is a typo
+MAX_TOKENS_PER_STEP = 1 << 24  # micro_batch * seq_len
+
+
+def check_spec(spec: Spec, loaded: Loaded | None = None) -> None:
+    """Sizes and stages; raise one SpecError listing every problem."""
+    problems: list[tuple[Path_, str]] = []
+    _check_sizes(spec, problems)
+    _check_blocks(spec, problems)
+    if problems:
+        raise _located(problems, loaded)
+
+
+def check_sharing(arch: Architecture, loaded: Loaded | None = None) -> None:
+    """The ``share:`` groups: known, distinct, unclaimed and structurally identical members."""
+    problems: list[tuple[Path_, str]] = []
+    shareable = arch.shareable()
+    modules = list(shareable)
+    claimed: dict[str, str] = {}
+    for gi, share in enumerate(arch.spec.share):
+        at: Path_ = ("share", gi)
+        if share.name in arch.module_names() or share.name in claimed.values():
+            problems.append(((*at, "name"), f"'{share.name}' is already the name of a module or group"))
+            continue
+        found: list[str] = []
+        reported = len(problems)
+        for mi, (member, named) in enumerate(zip(share.members, share_members(share, modules), strict=True)):
+            if not named:
+                known = ", ".join(modules[:8]) + (" ..." if len(modules) > 8 else "")
+                problems.append(
+                    ((*at, "members", mi), f"{member!r} names no shareable module (have: {known})")
+                )
+            for module in named:
+                if module in claimed:
+                    problems.append(
+                        ((*at, "members", mi), f"'{module}' is already in sharing group '{claimed[module]}'")
+                    )
+                elif module not in found:
+                    found.append(module)
+        if len(found) < 2:
+            if len(problems) == reported:  # not when a member was already reported as unknown
+                problems.append(((*at, "members"), "a sharing group needs at least two distinct modules"))
+            continue
+        bad = [mod for mod in found[1:] if shareable[mod] != shareable[found[0]]]
+        if bad:
+            problems.append(
+                (
+                    (*at, "members"),
+                    f"members are not structurally identical: '{bad[0]}' differs from '{found[0]}'",
+                )
+            )
+            continue
+        for module in found:
+            claimed[module] = share.name
+    if problems:
+        raise _located(problems, loaded)
+
+
+def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
+    m = spec.model
+    if m.d_model % m.head_dim:
+        problems.append(
+            (
+                ("model", "d_model"),
+                f"{m.d_model} is not divisible by head_dim {m.head_dim}",
+            )
+        )
+    if spec.train.seq_len is not None and spec.train.seq_len > m.max_seq_len:
+        problems.append(
+            (
+                ("train", "seq_len"),
+                f"{spec.train.seq_len} exceeds model.max_seq_len {m.max_seq_len}",
+            )
+        )
+    if spec.train.micro_batch * spec.seq_len > MAX_TOKENS_PER_STEP:
+        problems.append(
+            (
+                ("train", "micro_batch"),
+                f"micro_batch x seq_len = {spec.train.micro_batch * spec.seq_len:,} tokens; at most {MAX_TOKENS_PER_STEP:,}",
+            )
+        )
+    if spec.train.schedule.min_lr > spec.train.optimizer.lr:
+        problems.append(
+            (
+                ("train", "schedule", "min_lr"),
+                f"{spec.train.schedule.min_lr} is above the peak lr {spec.train.optimizer.lr}",
+            )
+        )
+    roped = [
+        (block, node.attention.rope_base)
+        for block in ("stack", "prelude", "core", "coda")
+        if (node := getattr(spec.blocks, block)) is not None and getattr(node.attention, "rope", False)
+    ]
+    if len({base for _, base in roped}) > 1:
+        block, base = roped[-1]
+        problems.append(
+            (
+                ("blocks", block, "attention", "rope_base"),
+                f"{base} differs from {roped[0][1]}; RoPE blocks share one table",
+            )
+        )
+    n_heads = max(m.n_heads, 1)
+    for block in ("stack", "prelude", "core", "coda"):
+        node = getattr(spec.blocks, block)
+        attention = node.attention if node is not None else None
+        kv_heads = getattr(attention, "kv_heads", None)
+        if kv_heads is not None and (kv_heads > n_heads or n_heads % kv_heads):
+            problems.append(
+                (
+                    ("blocks", block, "attention", "kv_heads"),
+                    f"{kv_heads} does not divide the {n_heads} query heads",
+                )
+            )
+    anchor = spec.blocks.anchor
+    if anchor is not None:
+        if (
+            anchor.kind == "kv"
+            and anchor.kv_heads is not None
+            and (anchor.kv_heads > n_heads or n_heads % anchor.kv_heads)
+        ):
+            problems.append(
+                (
+                    ("blocks", "anchor", "kv_heads"),
+                    f"{anchor.kv_heads} does not divide the {n_heads} query heads",
+                )
+            )
+        if anchor.kind == "kv" and anchor.kv_latent is not None:
+            problems.append(
+                (
+                    ("blocks", "anchor", "kv_latent"),
+                    "only kind mla_kv has a latent; kind kv is full rank",
+                )
+            )
+        if anchor.kind == "mla_kv" and anchor.kv_heads is not None:
+            problems.append(
+                (
+                    ("blocks", "anchor", "kv_heads"),
+                    "kind mla_kv up-projects to every head; kv_heads is for kind kv",
+                )
+            )
+    if problems:
+        return
+    stored = _rough_stored(spec)
+    if stored > MAX_STORED_PARAMS:
+        problems.append(
+            (
+                ("model", "d_model"),
+                f"the model would store {stored:,} parameters; at most {MAX_STORED_PARAMS:,} (a typo?)",
+            )
+        )
+
+
+def _rough_stored(spec: Spec) -> int:
+    """Stored parameters before sharing, for the size guard (exact counts come from the graph)."""
+    m, b = spec.model, spec.blocks
+    layer = m.ffn.params(m.d_model) + 2 * m.norm.params(m.d_model)
+    total = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+    for block in ("stack", "prelude", "coda"):
+        stack = getattr(b, block)
+        if stack is not None:
+            total += stack.layers * (layer + stack.attention.params(m))
+    if b.core is not None:
+        copies = 1 if b.core.shared else b.core.loops
+        total += copies * b.core.layers * (layer + b.core.attention.params(m))
+    return total
+
+
+def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
+    b = spec.blocks
+    looped = [n for n in ("prelude", "anchor", "core", "coda") if getattr(b, n) is not None]
+    if b.stack is not None and looped:
+        problems.append(
+            (
+                ("blocks", looped[0]),
+                "a dense 'stack' is a model on its own; use prelude/core/coda for a looped model",
+            )
+        )
+        return
+    if b.stack is None and not any(getattr(b, n) is not None for n in ("prelude", "core", "coda")):
+        problems.append((("blocks",), "no layers: give a dense 'stack', or prelude/core/coda"))
+        return
+    core, anchor = b.core, b.anchor
+    if anchor is not None:
+        source = anchor.from_
+        if source not in ("embedding", "prelude"):
+            order = ("coda", "core", "anchor")
+            why = "runs after the core that reads the anchor" if source in order else "is not a block"
+            problems.append(
+                (
+                    ("blocks", "anchor", "from"),
+                    f"'{source}' {why}; an anchor reads 'prelude' or 'embedding'",
+                )
+            )
+        elif source == "prelude" and b.prelude is None:
+            problems.append((("blocks", "anchor", "from"), "reads 'prelude', but the spec has no prelude"))
+        if core is None or not core.attention.reads_anchor:
+            problems.append(
+                (
+                    ("blocks", "anchor"),
+                    "no block cross-attends to this anchor (core.attention.kind: cross); remove it or use it",
+                )
+            )
+    if core is None:
+        return
+    if core.attention.reads_anchor and (anchor is None or core.attention.to != "anchor"):
+        problems.append(
+            (
+                ("blocks", "core", "attention", "to"),
+                f"cross attention to '{core.attention.to}', but the spec defines no such anchor (blocks.anchor)",
+            )
+        )
+    le = core.loop_embedding
+    if le is not None and le.max_loops < core.loops:
+        problems.append(
+            (
+                ("blocks", "core", "loop_embedding", "max_loops"),
+                f"{le.max_loops} rows cannot index {core.loops} loops",
+            )
+        )
+
+
+def _located(problems: list[tuple[Path_, str]], loaded: Loaded | None) -> SpecError:
+    def where(path: Path_) -> str:
+        return loaded.locate(path) if loaded is not None else "<spec>"
+
+    found = [Problem(where(p), ".".join(str(x) for x in p), msg) for p, msg in problems]
+    return SpecError(sorted(found, key=file_order))

@@ -1,0 +1,108 @@
+"""The generated ``forward``, the loop step and ``loop_stats``: the model's dataflow, stage by stage."""
+
+from __future__ import annotations
+
+from cartspec.architecture import Architecture
+from cartspec.codegen.layout import wrap
+
+
+def forward_context(arch: Architecture, core: dict | None) -> dict:
+    """Template context for forward: a dense stack runs its layers; a looped model its loop."""
+    if core is None:
+        lines = [
+            line
+            for stage in arch.stages  # stack, or prelude and coda
+            for line in (f"for layer in self.{stage.name}:", "    x = layer(x)")
+        ]
+        return {"forward_lines": lines}
+    return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch)}
+
+
+def _loop_checks(arch: Architecture) -> dict:
+    """The ``loops`` override's bounds: an unshared core has exactly R blocks, a loop table R rows."""
+    c = arch.core
+    lines = ["loops = self.config.loops if loops is None else loops"]
+    if not c.shared:
+        lines += [
+            "if loops != self.config.loops:",
+            '    raise ValueError(f"an unshared core has exactly {self.config.loops} blocks; got loops={loops}")',
+        ]
+    elif c.loop_embedding is not None:
+        lines += [
+            "if not 1 <= loops <= self.config.max_loops:",
+            '    raise ValueError(f"loops must be in 1..{self.config.max_loops} (table rows); got {loops}")',
+        ]
+    else:
+        lines += ["if loops < 1:", '    raise ValueError(f"loops must be at least 1; got {loops}")']
+    return {"loops_check": lines}
+
+
+def _loop_body(arch: Architecture, core: dict) -> dict:
+    c = arch.core
+    kv_args = ", k, v" if core["cross"] else ""
+    kv_params = ", k: torch.Tensor, v: torch.Tensor" if core["cross"] else ""
+    block_param = "" if c.shared else "core: CoreBlock, "  # the loop's own block
+    out = f"{'self.core' if c.shared else 'core'}(h_in{kv_args})"
+    step_body = c.gate.step(out) if c.gate is not None else out
+    step_doc = c.gate.step_doc() if c.gate is not None else "h = core(h_in)"
+
+    lines: list[str] = []
+    prelude = arch.stage("prelude")
+    if prelude:
+        lines += ["for layer in self.prelude:", "    x = layer(x)"]
+    lines.append("e = x  # the context anchor: the final prelude output" if prelude else "e = x")
+    anchor = arch.anchor
+    if anchor and anchor.recompute == "never":
+        source = "e" if anchor.from_ == "prelude" or not prelude else "embedded"
+        if source == "embedded":
+            lines.insert(0, "embedded = x")
+        lines.append(f"k, v = self.anchor({source})  # K, V computed once and reused by every loop")
+    if c.state_mix is not None:
+        lines.append(f"states = [e] * {c.state_mix.taps}  # the blend's buffer starts as copies of e")
+    else:
+        lines.append("h = e")
+    indexed = c.loop_embedding is not None or not c.shared
+    lines.append("for r in range(loops):" if indexed else "for _ in range(loops):")
+    h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
+    h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
+    lines.append(f"    h_in = {h_in}")
+    if core["unfrozen"]:
+        lines.append("    k, v = self.anchor(h_in)  # unfrozen: K, V recomputed from each loop's input")
+    step_args = ("" if c.shared else "self.core[r], ") + "h_in" + kv_args
+    lines += [
+        "    if self.checkpoint_loops and torch.is_grad_enabled():",
+        f"        h = checkpoint(self.loop_step, {step_args}, use_reentrant=False)",
+        "    else:",
+        f"        h = self.loop_step({step_args})",
+    ]
+    if c.state_mix is not None:
+        lines += ["    states = [h, *states[:-1]]  # newest first", "x = states[0]"]
+    else:
+        lines.append("x = h")
+    if arch.stage("coda"):
+        lines += ["for layer in self.coda:", "    x = layer(x)"]
+    return {
+        "forward_lines": lines,
+        "step_def": wrap(
+            4,
+            "def loop_step(",
+            ["self", *f"{block_param}h_in: torch.Tensor{kv_params}".split(", ")],
+            ") -> torch.Tensor:",
+        ),
+        "step_doc": step_doc,
+        "step_body": step_body,
+    }
+
+
+def _stats(arch: Architecture) -> dict:
+    """``loop_stats()``: what the loop parts report (rho, the blend's weights)."""
+    stats = [entry for part in arch.loop_parts() for entry in part.stats()]
+    doc = (
+        " and ".join(what for _, _, what in stats) + "."
+        if stats
+        else "This loop has no gate or blend to report."
+    )
+    return {
+        "stats_doc": doc,
+        "stats_lines": wrap(8, "return {", [f'"{key}": {expr}' for key, expr, _ in stats], "}"),
+    }

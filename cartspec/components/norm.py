@@ -1,0 +1,39 @@
+"""Normalisation kinds: RMSNorm (weight only, in float32) and LayerNorm (weight and bias)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from cartspec.components.base import Strict
+
+# kind -> (parameters per channel, constructor in the generated code, template or "" for torch's)
+_KINDS = {
+    "rmsnorm": (1, "RMSNorm(config.d_model, config.norm_eps)", "rmsnorm.py.j2"),
+    "layernorm": (2, "nn.LayerNorm(config.d_model, eps=config.norm_eps)", ""),
+}
+
+
+class Norm(Strict):
+    """The normalisation used before every mixer and FFN, and before the head."""
+
+    kind: Literal["rmsnorm", "layernorm"] = Field(
+        "rmsnorm",
+        description="rmsnorm (weight only, computed in float32) or layernorm (weight and bias).",
+    )
+    eps: float = Field(1e-6, gt=0, lt=1, description="Added to the variance for stability.")
+
+    def params(self, d_model: int) -> int:
+        return _KINDS[self.kind][0] * d_model
+
+    def flops(self, d_model: int, seq_len: int) -> int:
+        return 2 * self.params(d_model) * seq_len
+
+    @property
+    def constructor(self) -> str:
+        return _KINDS[self.kind][1]
+
+    @property
+    def template(self) -> str:
+        return _KINDS[self.kind][2]
