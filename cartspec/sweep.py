@@ -28,7 +28,6 @@ The runtime (torch) is imported only when something is actually trained or evalu
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import itertools
@@ -38,15 +37,13 @@ import re
 import shlex
 import time
 import traceback
-import types
-import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cartspec import results
 from cartspec.accounting import ParamReport, account
@@ -55,7 +52,7 @@ from cartspec.loader import Loaded, display, read_yaml
 from cartspec.resolve import Resolved, resolve, resolve_data, spec_dict, spec_sha256
 from cartspec.runtime.rundir import newest_step
 from cartspec.schema import IDENTIFIER, Identifier
-from cartspec.validate import file_order
+from cartspec.validate import file_order, validate_as
 
 ABBREVIATIONS = {
     "model.d_model": "d",
@@ -174,58 +171,7 @@ class SweepFile(_Strict):
 def load_file(path: Path) -> tuple[SweepFile, Loaded]:
     """Read and validate a sweep file; every problem located as ``file:line:col: path: message``."""
     loaded = read_yaml(Path(path).absolute())
-    try:
-        return SweepFile.model_validate(loaded.data), loaded
-    except ValidationError as e:
-        problems = {_problem(loaded, err) for err in e.errors(include_url=False)}
-    raise SpecError(sorted(problems, key=file_order))
-
-
-def _problem(loaded: Loaded, err: dict[str, Any]) -> Problem:
-    loc = tuple(err["loc"])
-    path: list[str | int] = []
-    node: Any = loaded.data
-    for part in loc:  # keep the parts that are keys of the data (drop pydantic's type tags)
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
-            path.append(part)
-            node = node[part] if isinstance(node, dict) or part < len(node) else None
-        elif part == loc[-1]:
-            path.append(part)
-    dotted = ".".join(str(p) for p in path)
-    if err["type"] == "extra_forbidden":
-        owner = _model_at(tuple(p for p in path[:-1] if not isinstance(p, int)))
-        names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
-        guess = difflib.get_close_matches(str(path[-1]), names, n=1, cutoff=0.6)
-        hint = f" (did you mean '{guess[0]}'?)" if guess else f"; allowed: {', '.join(names)}"
-        message = f"unknown key '{path[-1]}'{hint}"
-    elif err["type"] == "missing":
-        message = f"missing required key '{path[-1]}'"
-    else:
-        message = err["msg"][0].lower() + err["msg"][1:]
-        message = message.removeprefix("value error, ")
-        if not isinstance(err.get("input"), dict | list) and err["type"] != "value_error":
-            message += f", got {err['input']!r}"
-    return Problem(loaded.locate(tuple(path)), dotted, message)
-
-
-def _model_at(keys: tuple[str | int, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = SweepFile
-    for key in keys:
-        found = model.model_fields.get(str(key))
-        if found is None:
-            return None
-        inner = [c for c in _flatten(found.annotation) if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not inner:
-            return None
-        model = inner[0]
-    return model
-
-
-def _flatten(annotation: Any) -> list[Any]:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list, typing.Annotated):
-        return [x for arg in typing.get_args(annotation) for x in _flatten(arg)]
-    return [annotation]
+    return validate_as(SweepFile, loaded), loaded
 
 
 # ----------------------------------------------------------------------------- values and ids
