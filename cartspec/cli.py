@@ -94,7 +94,7 @@ def params(
 ) -> None:
     """Parameter and FLOP report: stored, effective, the paper's effective, per block and group."""
     from cartspec.accounting import account
-    from cartspec.report import print_json, print_params
+    from cartspec.console import print_json, print_params
     from cartspec.resolve import resolve
 
     report = account(resolve(spec, set_).graph)
@@ -114,7 +114,7 @@ def graph(
     ] = "text",
 ) -> None:
     """The module-use graph: one node per use, with its sharing group and dataflow edges."""
-    from cartspec.report import graph_dot, graph_json, graph_text, print_json
+    from cartspec.console import graph_dot, graph_json, graph_text, print_json
     from cartspec.resolve import resolve
 
     if fmt not in ("text", "dot", "json"):
@@ -259,7 +259,7 @@ def train(
         raise typer.Exit(1) from None
     if not _is_rank_zero():
         return
-    from cartspec.report import print_json, print_train_summary
+    from cartspec.console import print_json, print_train_summary
 
     if as_json:
         print_json(summary.__dict__)
@@ -307,11 +307,11 @@ def eval_(
 
     spec, rows = evaluate_loops(run, _loop_counts(loops), data, device)
     if as_json:
-        from cartspec.report import print_json
+        from cartspec.console import print_json
 
         print_json({"name": spec.name, "run": str(run), "rows": [r.__dict__ for r in rows]})
         return
-    from cartspec.report import print_loop_rows
+    from cartspec.console import print_loop_rows
 
     print_loop_rows(spec, rows)
 

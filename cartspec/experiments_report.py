@@ -17,7 +17,7 @@ from statistics import mean
 from typing import Any
 
 from cartspec import results
-from cartspec.report import human
+from cartspec.console import human
 from cartspec.results import Row
 
 FIGSIZE = (10.0, 4.5)  # inches at DPI: every plot is 1000 x 450 pixels

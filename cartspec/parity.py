@@ -204,7 +204,7 @@ def find(
 
 def describe(parity: Parity) -> list[str]:
     """Lines for the terminal: both counts, the gap, and the neighbour on the other side."""
-    from cartspec.report import human
+    from cartspec.console import human
 
     def fmt(n: int) -> str:
         if parity.match == "flops":

@@ -571,7 +571,7 @@ def plan(path: str | Path, out_dir: Path | None = None) -> Plan:
 
 def dry_run_lines(p: Plan) -> list[str]:
     """One line per config with its counts (and its status when the sweep has a database)."""
-    from cartspec.report import human
+    from cartspec.console import human
 
     status: dict[str, str] = {}
     if results.db_path(p.out_dir).is_file():
