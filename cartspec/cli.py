@@ -358,7 +358,7 @@ def parity(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the dense spec here.")] = None,
 ) -> None:
     """The dense baseline of a looped spec at stored, effective or FLOP parity, as a standalone spec."""
-    from cartspec.parity import describe, find
+    from cartspec.experiments.parity import describe, find
     from cartspec.resolve import resolve
 
     found = find(resolve(spec, set_), match, vary, rule, layers)
@@ -393,20 +393,21 @@ def sweep(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Train every config of a sweep one after another, resumably; results go to <out>/results.db."""
-    from cartspec import sweep as sweeps
+    from cartspec.experiments.plan import commands, dry_run_lines, plan_sweep, write_derived_specs
+    from cartspec.experiments.run import run_sweep
 
     if dry_run and print_commands:
         raise UserError("--dry-run and --print-commands: pick one")
-    plan = sweeps.plan(sweep_file, out)
+    plan = plan_sweep(sweep_file, out)
     if dry_run:
-        print("\n".join(sweeps.dry_run_lines(plan)))
+        print("\n".join(dry_run_lines(plan)))
         return
     if print_commands:
-        for path in sweeps.write_derived_specs(plan):
+        for path in write_derived_specs(plan):
             print(f"# wrote {path} (a parity baseline's spec)", file=sys.stderr)
-        print("\n".join(sweeps.commands(plan)))
+        print("\n".join(commands(plan)))
         return
-    done, failed = sweeps.run(plan, device)
+    done, failed = run_sweep(plan, device)
     print(f"{done} done, {failed} failed; results in {plan.out_dir / 'results.db'}")
     if failed:
         raise typer.Exit(1)
@@ -422,7 +423,7 @@ def report_(
     ] = None,
 ) -> None:
     """A markdown report with tables and PNG plots from a sweep's results."""
-    from cartspec.experiments_report import write_report
+    from cartspec.experiments.report import write_report
 
     path = write_report(sweep_dir, out)
     print(f"wrote {path}")
