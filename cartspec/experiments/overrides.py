@@ -105,7 +105,7 @@ def fit_id(text: str, salt: str) -> str:
     cut-off tail replaced by a hash of ``salt``."""
     if len(text) <= MAX_ID:
         return text
-    return text[:55] + "_" + hashlib.sha256(salt.encode()).hexdigest()[:8]
+    return text[: MAX_ID - 9] + "_" + hashlib.sha256(salt.encode()).hexdigest()[:8]
 
 
 def spec_change(before: dict[str, Any], after: dict[str, Any], path: str = "") -> list[str]:
