@@ -93,11 +93,10 @@ def params(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of tables.")] = False,
 ) -> None:
     """Parameter and FLOP report: stored, effective, the paper's effective, per block and group."""
-    from cartspec.accounting import account
-    from cartspec.report import print_json, print_params
+    from cartspec.console import print_json, print_params
     from cartspec.resolve import resolve
 
-    report = account(resolve(spec, set_).graph)
+    report = resolve(spec, set_).params
     if as_json:
         print_json(report.to_json())
     else:
@@ -114,7 +113,7 @@ def graph(
     ] = "text",
 ) -> None:
     """The module-use graph: one node per use, with its sharing group and dataflow edges."""
-    from cartspec.report import graph_dot, graph_json, graph_text, print_json
+    from cartspec.console import graph_dot, graph_json, graph_text, print_json
     from cartspec.resolve import resolve
 
     if fmt not in ("text", "dot", "json"):
@@ -259,7 +258,7 @@ def train(
         raise typer.Exit(1) from None
     if not _is_rank_zero():
         return
-    from cartspec.report import print_json, print_train_summary
+    from cartspec.console import print_json, print_train_summary
 
     if as_json:
         print_json(summary.__dict__)
@@ -307,11 +306,11 @@ def eval_(
 
     spec, rows = evaluate_loops(run, _loop_counts(loops), data, device)
     if as_json:
-        from cartspec.report import print_json
+        from cartspec.console import print_json
 
         print_json({"name": spec.name, "run": str(run), "rows": [r.__dict__ for r in rows]})
         return
-    from cartspec.report import print_loop_rows
+    from cartspec.console import print_loop_rows
 
     print_loop_rows(spec, rows)
 
@@ -358,7 +357,7 @@ def parity(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the dense spec here.")] = None,
 ) -> None:
     """The dense baseline of a looped spec at stored, effective or FLOP parity, as a standalone spec."""
-    from cartspec.parity import describe, find
+    from cartspec.experiments.parity import describe, find
     from cartspec.resolve import resolve
 
     found = find(resolve(spec, set_), match, vary, rule, layers)
@@ -393,21 +392,23 @@ def sweep(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Train every config of a sweep one after another, resumably; results go to <out>/results.db."""
-    from cartspec import sweep as sweeps
+    from cartspec.experiments.plan import commands, dry_run_lines, plan_sweep, write_derived_specs
+    from cartspec.experiments.run import run_sweep
+    from cartspec.experiments.store import db_path
 
     if dry_run and print_commands:
         raise UserError("--dry-run and --print-commands: pick one")
-    plan = sweeps.plan(sweep_file, out)
+    plan = plan_sweep(sweep_file, out)
     if dry_run:
-        print("\n".join(sweeps.dry_run_lines(plan)))
+        print("\n".join(dry_run_lines(plan)))
         return
     if print_commands:
-        for path in sweeps.write_derived_specs(plan):
+        for path in write_derived_specs(plan):
             print(f"# wrote {path} (a parity baseline's spec)", file=sys.stderr)
-        print("\n".join(sweeps.commands(plan)))
+        print("\n".join(commands(plan)))
         return
-    done, failed = sweeps.run(plan, device)
-    print(f"{done} done, {failed} failed; results in {plan.out_dir / 'results.db'}")
+    done, failed = run_sweep(plan, device)
+    print(f"{done} done, {failed} failed; results in {db_path(plan.out_dir)}")
     if failed:
         raise typer.Exit(1)
 
@@ -422,7 +423,7 @@ def report_(
     ] = None,
 ) -> None:
     """A markdown report with tables and PNG plots from a sweep's results."""
-    from cartspec.experiments_report import write_report
+    from cartspec.experiments.report import write_report
 
     path = write_report(sweep_dir, out)
     print(f"wrote {path}")

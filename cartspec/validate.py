@@ -1,11 +1,13 @@
-"""Turn loaded spec data into a :class:`Spec`, reporting every schema problem at its place."""
+"""Turn loaded YAML data into a pydantic model (a :class:`Spec`, a sweep file), reporting every
+problem at its place: one translation of pydantic's errors, so every file the user writes gets the
+same ``file:line:col: path: message`` lines ("did you mean", unknown kind, missing key)."""
 
 from __future__ import annotations
 
 import difflib
 import types
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -13,14 +15,27 @@ from cartspec.errors import Problem, SpecError
 from cartspec.loader import Loaded, Path_
 from cartspec.schema import IDENTIFIER, Spec
 
+Model = TypeVar("Model", bound=BaseModel)
+
 
 def validate(loaded: Loaded) -> Spec:
-    """Validate with pydantic; on failure raise one SpecError holding every problem, located."""
+    """Validate spec data; on failure raise one SpecError holding every problem, located."""
+    return validate_as(Spec, loaded)
+
+
+def validate_as(root: type[Model], loaded: Loaded) -> Model:
+    """Validate ``loaded`` as ``root``; on failure raise one SpecError holding every problem."""
     try:
-        return Spec.model_validate(loaded.data)
+        return root.model_validate(loaded.data)
     except ValidationError as e:
-        problems = [_problem(loaded, err) for err in e.errors(include_url=False)]
-    raise SpecError(sorted(set(problems), key=file_order))
+        problems = problems_from(e, loaded, root)
+    raise SpecError(problems)
+
+
+def problems_from(error: ValidationError, loaded: Loaded, root: type[BaseModel]) -> list[Problem]:
+    """pydantic's errors for data validated as ``root``, located in its file, in file order."""
+    found = {_problem(loaded, err, root) for err in error.errors(include_url=False)}
+    return sorted(found, key=file_order)
 
 
 def file_order(p: Problem) -> tuple:
@@ -30,8 +45,8 @@ def file_order(p: Problem) -> tuple:
     return (file, int(line) if line.isdigit() else 0, int(col) if col.isdigit() else 0, p.path)
 
 
-def _problem(loaded: Loaded, err: dict[str, Any]) -> Problem:
-    path, model = _data_path(loaded.data, err["loc"])
+def _problem(loaded: Loaded, err: dict[str, Any], root: type[BaseModel]) -> Problem:
+    path, model = _data_path(loaded.data, err["loc"], root)
     dotted = ".".join(str(p) for p in path)
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -71,13 +86,13 @@ def _problem(loaded: Loaded, err: dict[str, Any]) -> Problem:
     return Problem(loaded.locate(path), dotted, message)
 
 
-def _data_path(data: Any, loc: tuple) -> tuple[Path_, type[BaseModel] | None]:
-    """Map a pydantic error location onto the spec's own keys (dropping union tags), and find
-    the schema model that owns the last key (for "did you mean")."""
+def _data_path(data: Any, loc: tuple, root: type[BaseModel]) -> tuple[Path_, type[BaseModel] | None]:
+    """Map a pydantic error location onto the data's own keys (dropping union tags), and find
+    the model that owns the last key (for "did you mean")."""
     path: list[str | int] = []
     node: Any = data
-    model: type[BaseModel] | None = Spec
-    owner: type[BaseModel] | None = Spec
+    model: type[BaseModel] | None = root
+    owner: type[BaseModel] | None = root
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
         if isinstance(node, dict) and part in node:
@@ -91,12 +106,12 @@ def _data_path(data: Any, loc: tuple) -> tuple[Path_, type[BaseModel] | None]:
         elif last or isinstance(part, int):
             owner = model
             path.append(part)
-        # else: a union tag or a wrapper name in pydantic's location: not a spec key
+        # else: a union tag or a wrapper name in pydantic's location: not a key of the data
     return tuple(path), owner
 
 
 def _field_model(model: type[BaseModel], key: str, value: Any) -> type[BaseModel] | None:
-    """The schema model that validates ``value`` under ``model.key`` (following unions by kind)."""
+    """The model that validates ``value`` under ``model.key`` (following unions by kind)."""
     field = next((f for n, f in model.model_fields.items() if key in (n, f.alias)), None)
     if field is None:
         return None

@@ -61,3 +61,30 @@ def test_validate_and_params_do_not_load_networkx(heavy_modules_after_each_comma
     """networkx costs about a third of a second on import; only ``graph --format json`` needs it."""
     commands = [" ".join(c) for c in COMMANDS if c[0] in ("validate", "params")]
     assert {cmd: heavy_modules_after_each_command[cmd] for cmd in commands} == dict.fromkeys(commands, [])
+
+
+# Planning, listing, storing and reporting sweeps read specs and results only; running a sweep
+# imports the runtime when a config actually trains, so its module imports without torch too.
+TORCH_FREE_MODULES = [
+    "cartspec.console",
+    "cartspec.experiments.sweepfile",
+    "cartspec.experiments.overrides",
+    "cartspec.experiments.plan",
+    "cartspec.experiments.run",
+    "cartspec.experiments.store",
+    "cartspec.experiments.metrics",
+    "cartspec.experiments.parity",
+    "cartspec.experiments.report",
+]
+
+
+def test_console_and_experiment_modules_import_without_torch():
+    probe = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\nprint('torch' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *TORCH_FREE_MODULES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "False\n")

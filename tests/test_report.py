@@ -12,8 +12,10 @@ import pytest
 from matplotlib.image import imread
 from sweep_helpers import ROOT, one_thread, write_mini_sweep
 
-from cartspec import sweep
-from cartspec.experiments_report import DPI, FIGSIZE
+from cartspec.experiments import store
+from cartspec.experiments.plan import plan_sweep
+from cartspec.experiments.report import DPI, FIGSIZE
+from cartspec.experiments.run import register, run_sweep
 
 PLOT_SHAPE = (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI), 4)  # rows, columns, RGBA
 SECTIONS = [
@@ -32,8 +34,8 @@ def swept(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp, one_thread():
         mp.setenv("CARTSPEC_CACHE", str(tmp_path_factory.getbasetemp() / "cartspec_cache"))
-        plan = sweep.plan(write_mini_sweep(folder), folder / "out")
-        assert sweep.run(plan, device="cpu", echo=lambda line: None) == (4, 0)
+        plan = plan_sweep(write_mini_sweep(folder), folder / "out")
+        assert run_sweep(plan, device="cpu", echo=lambda line: None) == (4, 0)
     return folder / "out"
 
 
@@ -119,10 +121,10 @@ def test_every_plot_is_a_png_of_the_expected_size(report):
 
 def test_a_sweep_that_has_not_run_yet_still_reports(tmp_path, cli):
     out = tmp_path / "out"
-    plan = sweep.plan(write_mini_sweep(tmp_path), out)
+    plan = plan_sweep(write_mini_sweep(tmp_path), out)
     out.mkdir()
-    with sweep.results.connect(out, create=True) as con:
-        sweep.register(con, plan)
+    with store.connect(out, create=True) as con:
+        register(con, plan)
     rc, _, _ = cli("report", str(out))
     assert rc == 0
     text = (out / "report.md").read_text()

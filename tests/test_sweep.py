@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 from sweep_helpers import TINY_SPEC, one_thread, write_mini_sweep
 
 import cartspec.runtime.train as runtime_train
-from cartspec import sweep
 from cartspec.errors import SpecError, UserError
+from cartspec.experiments import store
+from cartspec.experiments.overrides import grid_id, yaml_value
+from cartspec.experiments.plan import plan_sweep
+from cartspec.experiments.run import fingerprint, register, run_sweep
 from cartspec.resolve import resolve
 
 IDS = ["r2", "r3", "dense_stored_r3", "no_hc"]
@@ -55,11 +58,9 @@ def metric_lines(run) -> list[str]:
 
 def test_grid_ids_name_each_value_by_its_key():
     values = {"model.d_model": 128, "blocks.prelude.layers": 2, "blocks.core.loops": 4, "train.seed": 42}
-    assert sweep.grid_id(values) == "d128_p2_r4_s42"
-    assert (
-        sweep.grid_id({"train.optimizer.lr": 3.0e-4, "blocks.core.shared": False}) == "lr0p0003_sharedfalse"
-    )
-    assert sweep.grid_id({}) == "base"
+    assert grid_id(values) == "d128_p2_r4_s42"
+    assert grid_id({"train.optimizer.lr": 3.0e-4, "blocks.core.shared": False}) == "lr0p0003_sharedfalse"
+    assert grid_id({}) == "base"
 
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
@@ -68,7 +69,7 @@ scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
 @settings(max_examples=300, deadline=None)
 @given(st.recursive(scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6))
 def test_a_value_written_for_set_reads_back_as_the_same_value(value):
-    assert yaml.safe_load(sweep.yaml_value(value)) == value
+    assert yaml.safe_load(yaml_value(value)) == value
 
 
 def test_dry_run_lists_every_config_with_its_counts_and_trains_nothing(cli, tmp_path):
@@ -84,7 +85,7 @@ def test_dry_run_lists_every_config_with_its_counts_and_trains_nothing(cli, tmp_
 
 
 def test_configs_apply_set_then_grid_then_the_entrys_own_set(tmp_path):
-    plan = sweep.plan(write_mini_sweep(tmp_path), tmp_path / "out")
+    plan = plan_sweep(write_mini_sweep(tmp_path), tmp_path / "out")
     by_id = {c.id: c for c in plan.configs}
     r3, no_hc, dense = by_id["r3"], by_id["no_hc"], by_id["dense_stored_r3"]
     assert r3.resolved.spec.blocks.core.loops == 3 and r3.resolved.spec.model.d_model == 32
@@ -102,7 +103,7 @@ def test_printed_commands_rebuild_exactly_the_planned_configs(cli, tmp_path, mon
     rc, stdout, stderr = cli("sweep", str(path), "--out", str(out), "--print-commands")
     assert rc == 0
     assert "wrote" in stderr and (out / "specs" / "dense_stored_r3.yaml").is_file()
-    plan = {c.id: c for c in sweep.plan(path, out).configs}
+    plan = {c.id: c for c in plan_sweep(path, out).configs}
     lines = stdout.splitlines()
     assert len(lines) == 4
     for config_id, line in zip(IDS, lines, strict=True):
@@ -110,7 +111,7 @@ def test_printed_commands_rebuild_exactly_the_planned_configs(cli, tmp_path, mon
         assert args[:2] == ["cartspec", "train"]
         assert args[-4:] == ["--out", f"out/runs/{config_id}", "--resume", "auto"]
         sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-        assert sweep.fingerprint(resolve(args[2], sets)) == sweep.fingerprint(plan[config_id].resolved)
+        assert fingerprint(resolve(args[2], sets)) == fingerprint(plan[config_id].resolved)
     assert not (out / "results.db").exists()
 
 
@@ -131,7 +132,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_configs(cli, tmp_
 
     monkeypatch.setattr(runtime_train, "train", interrupted_in_the_third_config)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run(sweep.plan(path, out), device="cpu", echo=lambda line: None)
+        run_sweep(plan_sweep(path, out), device="cpu", echo=lambda line: None)
     assert calls == IDS[:3]
     assert statuses(out) == {"r2": "done", "r3": "done", "dense_stored_r3": "pending", "no_hc": "pending"}
     runs = out / "runs"
@@ -176,14 +177,14 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_configs(cli, tmp_
 
 def test_a_config_whose_spec_changed_after_it_ran_is_refused(tmp_path):
     path, out = write_mini_sweep(tmp_path), tmp_path / "out"
-    plan = sweep.plan(path, out)
+    plan = plan_sweep(path, out)
     out.mkdir()
-    with sweep.results.connect(out, create=True) as con:
-        sweep.register(con, plan)
-        sweep.results.update(con, "r2", status="done")
+    with store.connect(out, create=True) as con:
+        register(con, plan)
+        store.update(con, "r2", status="done")
     path.write_text(path.read_text().replace("train.steps: 10", "train.steps: 12"))
-    with sweep.results.connect(out) as con, pytest.raises(UserError, match="config r2 is not the one"):
-        sweep.register(con, sweep.plan(path, out))
+    with store.connect(out) as con, pytest.raises(UserError, match="config r2 is not the one"):
+        register(con, plan_sweep(path, out))
 
 
 # ----------------------------------------------------------------------------- mistakes
@@ -222,7 +223,7 @@ def test_a_bad_grid_value_is_located_at_the_value_and_names_the_configs(write_sp
         "sweep.yaml",
     )
     with pytest.raises(SpecError) as e:
-        sweep.plan("sweep.yaml")
+        plan_sweep("sweep.yaml")
     assert [str(p) for p in e.value.problems] == [
         "sweep.yaml:3:23: model.d_model: 100 is not divisible by head_dim 32 (config d100_r2 and 1 more)",
         "sweep.yaml:6:22: extra.0.of: no config 'd64_r9' before this entry (have: base, d64_r2, d64_r4)",

@@ -1,4 +1,5 @@
-"""Terminal renderings of accounting reports and graphs (rich is imported only here)."""
+"""What the commands print on the terminal: parameter tables, graphs (text, dot, JSON), training
+summaries and loop rows (rich is imported only here)."""
 
 from __future__ import annotations
 

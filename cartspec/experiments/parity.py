@@ -15,12 +15,13 @@ FLOP baseline gets at least the looped model's effective size or compute (``at-l
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import yaml
 
-from cartspec.accounting import ParamReport, account
+from cartspec.accounting import ParamReport
 from cartspec.errors import UserError
 from cartspec.resolve import Resolved, resolve_data
 
@@ -139,7 +140,7 @@ def dense_data(resolved: Resolved, match: str, layers: int, d_model: int) -> dic
 def candidate(resolved: Resolved, match: str, layers: int, d_model: int) -> Candidate:
     """Build, validate and count one dense candidate in memory."""
     data = dense_data(resolved, match, layers, d_model)
-    report = account(resolve_data(data, resolved.path).graph)
+    report = resolve_data(data, resolved.path).params
     return Candidate(layers, d_model, measure(report, match), report, data)
 
 
@@ -151,38 +152,9 @@ def find(
     layers: int | None = None,
 ) -> Parity:
     """The dense baseline of ``resolved`` at ``match`` parity, chosen by ``rule``."""
-    if match not in MATCHES:
-        raise UserError(f"--match: expected one of {', '.join(MATCHES)}, got {match!r}")
-    if vary not in VARIES:
-        raise UserError(f"--vary: expected one of {', '.join(VARIES)}, got {vary!r}")
-    rule = rule or DEFAULT_RULE[match]
-    if rule not in RULES:
-        raise UserError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
-    spec = resolved.spec
-    if spec.blocks.core is None:
-        raise UserError(f"{spec.name} has no core: parity baselines are for looped models")
-    if layers is not None and vary != "width":
-        raise UserError("--layers fixes the depth of a --vary width search; --vary layers searches it")
-    target = measure(account(resolved.graph), match)
-    m = spec.model
-
-    if vary == "layers":
-        shapes = ((n, m.d_model) for n in range(1, MAX_LAYERS + 1))
-    else:
-        depth = layers or unique_layers(resolved)
-        first = max(1, -(-8 // m.head_dim))  # the schema's smallest d_model is 8
-        shapes = ((depth, k * m.head_dim) for k in range(first, MAX_D_MODEL // m.head_dim + 1))
-
-    below: Candidate | None = None  # the largest with count <= target
-    above: Candidate | None = None  # the smallest with count > target
-    for n, d in shapes:
-        c = candidate(resolved, match, n, d)
-        if c.count <= target:
-            below = c
-        else:
-            above = c
-            break
-
+    rule = _check(resolved, match, vary, rule, layers)
+    target = measure(resolved.params, match)
+    below, above = _bracket(resolved, match, target, _shapes(resolved, vary, layers))
     if rule == "at-most":
         chosen, other = below, above
     elif rule == "at-least":
@@ -196,15 +168,55 @@ def find(
         what = WHAT[match]
         side = "fewer" if rule == "at-most" else "as many"
         raise UserError(
-            f"no dense stack by --vary {vary} has {side} {what} than {spec.name} ({target:,}); "
+            f"no dense stack by --vary {vary} has {side} {what} than {resolved.spec.name} ({target:,}); "
             f"try --rule nearest or --vary {'width' if vary == 'layers' else 'layers'}"
         )
-    return Parity(spec.name, match, rule, vary, target, chosen, other)
+    return Parity(resolved.spec.name, match, rule, vary, target, chosen, other)
+
+
+def _check(resolved: Resolved, match: str, vary: str, rule: str | None, layers: int | None) -> str:
+    """Refuse options that do not fit together or a model without a core; return the rule."""
+    if match not in MATCHES:
+        raise UserError(f"--match: expected one of {', '.join(MATCHES)}, got {match!r}")
+    if vary not in VARIES:
+        raise UserError(f"--vary: expected one of {', '.join(VARIES)}, got {vary!r}")
+    rule = rule or DEFAULT_RULE[match]
+    if rule not in RULES:
+        raise UserError(f"--rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    if resolved.spec.blocks.core is None:
+        raise UserError(f"{resolved.spec.name} has no core: parity baselines are for looped models")
+    if layers is not None and vary != "width":
+        raise UserError("--layers fixes the depth of a --vary width search; --vary layers searches it")
+    return rule
+
+
+def _shapes(resolved: Resolved, vary: str, layers: int | None) -> Iterator[tuple[int, int]]:
+    """(layers, d_model) of the candidates, smallest first: deeper, or wider by one head."""
+    m = resolved.spec.model
+    if vary == "layers":
+        return ((n, m.d_model) for n in range(1, MAX_LAYERS + 1))
+    depth = layers or unique_layers(resolved)
+    first = max(1, -(-8 // m.head_dim))  # the schema's smallest d_model is 8
+    return ((depth, k * m.head_dim) for k in range(first, MAX_D_MODEL // m.head_dim + 1))
+
+
+def _bracket(
+    resolved: Resolved, match: str, target: int, shapes: Iterator[tuple[int, int]]
+) -> tuple[Candidate | None, Candidate | None]:
+    """The largest candidate with count <= target and the smallest above it (counts grow with
+    size, so the walk stops at the first one above)."""
+    below: Candidate | None = None
+    for n, d in shapes:
+        c = candidate(resolved, match, n, d)
+        if c.count > target:
+            return below, c
+        below = c
+    return below, None
 
 
 def describe(parity: Parity) -> list[str]:
     """Lines for the terminal: both counts, the gap, and the neighbour on the other side."""
-    from cartspec.report import human
+    from cartspec.console import human
 
     def fmt(n: int) -> str:
         if parity.match == "flops":

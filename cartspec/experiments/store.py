@@ -1,4 +1,4 @@
-"""A sweep's results: ``<sweep>/results.db`` (SQLite) and each run's ``metrics.jsonl`` (no torch).
+"""A sweep's results store: ``<sweep>/results.db`` (SQLite, no torch).
 
 Table ``runs`` holds one row per config with its counts (known before training), its final
 metrics (after) and its status: pending -> running -> done | failed. Table ``loop_evals`` holds
@@ -193,40 +193,3 @@ def set_meta(con: sqlite3.Connection, **values: str) -> None:
 
 def meta(con: sqlite3.Connection) -> dict[str, str]:
     return {r["key"]: r["value"] for r in con.execute("SELECT key, value FROM meta")}
-
-
-# ----------------------------------------------------------------------------- metrics.jsonl
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl`` (an unfinished last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
-
-
-@dataclass(frozen=True)
-class Final:
-    """A run's last values, read from its metrics."""
-
-    step: int | None
-    train_loss: float | None
-    val_loss: float | None
-    val_ppl: float | None
-    rho: float | None
-
-
-def final(records: list[dict[str, Any]]) -> Final:
-    def last(key: str) -> Any:
-        return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
-
-    return Final(last("step"), last("loss"), last("val_loss"), last("val_ppl"), last("rho"))

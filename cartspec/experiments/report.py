@@ -16,9 +16,10 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from cartspec import results
-from cartspec.report import human
-from cartspec.results import Row
+from cartspec.console import human
+from cartspec.experiments import store
+from cartspec.experiments.metrics import read_metrics
+from cartspec.experiments.store import Row
 
 FIGSIZE = (10.0, 4.5)  # inches at DPI: every plot is 1000 x 450 pixels
 DPI = 100
@@ -28,43 +29,38 @@ MAX_LEGEND = 24  # more series than this and the legend would not fit beside the
 def write_report(sweep_dir: Path, out: Path | None = None) -> Path:
     """Write ``report.md`` and its plots into ``out`` (default: the sweep folder); return its path."""
     sweep_dir = Path(sweep_dir)
-    with results.connect(sweep_dir) as con:
-        runs = results.rows(con)
-        evals = results.loop_evals(con)
-        info = results.meta(con)
+    with store.connect(sweep_dir) as con:
+        runs = store.rows(con)
+        evals = store.loop_evals(con)
+        info = store.meta(con)
     out = Path(out) if out is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {r.id: results.read_metrics(sweep_dir / r.run_dir) for r in runs}
+    metrics = {r.id: read_metrics(sweep_dir / r.run_dir) for r in runs}
     done = [r for r in runs if r.status == "done" and r.val_loss is not None]
+    lines = _header(info.get("name", sweep_dir.name), info.get("description"), runs)
+    lines += _runs_section(runs)
+    lines += _parity_section(done, "stored")
+    lines += _parity_section(done, "effective")
+    lines += _ablation_section(runs)
+    lines += _loops_section(runs, evals)
+    lines += _plots_section(runs, metrics, evals, out)
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
 
-    name = info.get("name", sweep_dir.name)
+
+def _header(name: str, description: str | None, runs: list[Row]) -> list[str]:
     lines = [f"# Sweep {name}", ""]
-    if info.get("description"):
-        lines += [info["description"], ""]
-    counts = {s: sum(r.status == s for r in runs) for s in results.STATUSES}
-    lines += [
+    if description:
+        lines += [description, ""]
+    counts = {s: sum(r.status == s for r in runs) for s in store.STATUSES}
+    return lines + [
         f"{len(runs)} configs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ".",
         "Counts: stored = unique parameters; effective = size x uses per forward (the unrolled "
         "network); eff. (paper) = the CART author's count; GFLOPs = forward per sequence at "
         "max_seq_len, the paper's convention.",
         "",
     ]
-    lines += _runs_section(runs)
-    lines += _parity_section(done, "stored")
-    lines += _parity_section(done, "effective")
-    lines += _ablation_section(runs)
-    lines += _loops_section(runs, evals)
-    lines += ["## Plots", ""]
-    for title, filename, drawn in _plots(runs, metrics, evals, out):
-        lines += [
-            f"### {title}",
-            "",
-            f"![{title}]({filename})" if drawn is True else f"_Not drawn: {drawn}._",
-            "",
-        ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
 
 
 # ----------------------------------------------------------------------------- tables
@@ -265,11 +261,9 @@ def _colors(n: int) -> list:
     return [colormaps["viridis"](i / (n - 1)) for i in range(n)]
 
 
-def _plots(
-    runs: list[Row], metrics: dict[str, list[dict]], evals: dict, out: Path
-) -> list[tuple[str, str, Any]]:
-    """(title, file name, True or why not drawn) for each plot."""
-    drawn = []
+def _plots_section(runs: list[Row], metrics: dict[str, list[dict]], evals: dict, out: Path) -> list[str]:
+    """Draw each plot into ``out`` as a PNG; its heading, then the image or why it is not drawn."""
+    lines = ["## Plots", ""]
     for title, filename, draw in (
         ("Loss curves", "loss_curves.png", _loss_curves),
         ("Validation loss vs parameters", "val_vs_params.png", _val_vs_params),
@@ -278,11 +272,12 @@ def _plots(
     ):
         fig = draw(runs, metrics, evals)
         if isinstance(fig, str):
-            drawn.append((title, filename, fig))
-            continue
-        fig.savefig(out / filename, dpi=DPI)
-        drawn.append((title, filename, True))
-    return drawn
+            shown = f"_Not drawn: {fig}._"
+        else:
+            fig.savefig(out / filename, dpi=DPI)
+            shown = f"![{title}]({filename})"
+        lines += [f"### {title}", "", shown, ""]
+    return lines
 
 
 def _loss_curves(runs, metrics, evals):
