@@ -1,7 +1,7 @@
 """CLI latency: validate / params / graph / compile as whole processes, next to bare Python and ``import torch``.
 
-The goal (DESIGN.md, issue 2): ``cartspec params specs/cart_d1024.yaml`` answers in under 0.5 s as
-a whole process. This is a benchmark, not a test: timings depend on the machine and its load.
+The goal: ``cartspec params specs/cart_d1024.yaml`` answers in under 0.5 s as a whole process.
+This is a benchmark, not a test: timings depend on the machine and its load.
 
     python bench/cli_latency.py            # 10 runs of each
     python bench/cli_latency.py -n 20 --check   # exit 1 if params' median is over budget
