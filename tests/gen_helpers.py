@@ -178,7 +178,7 @@ def transfer_(model: nn.Module, source: dict[str, torch.Tensor], seed: int) -> s
 
 def count_parameter_uses(model: nn.Module, *args, **kwargs) -> int:
     """Sum over one forward pass of (direct parameters of the module called) for every module call:
-    the size of the equivalent unrolled network, as DESIGN.md §5 defines effective."""
+    the size of the equivalent unrolled network, as docs/accounting.md defines effective."""
     total = [0]
     handles = []
     for module in model.modules():  # unique modules: a shared one gets one hook, fired per call

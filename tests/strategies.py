@@ -287,7 +287,7 @@ def _share_groups(c: Chooser, blocks: dict) -> list[dict]:
 
 
 def counts(spec: dict) -> tuple[int, int]:
-    """(stored, effective) parameters of a valid spec, from DESIGN.md §5's definitions alone."""
+    """(stored, effective) parameters of a valid spec, from the definitions in docs/accounting.md alone."""
     m, b = spec["model"], spec["blocks"]
     d, V, hd = m["d_model"], m["vocab_size"], m.get("head_dim", 64)
     heads = d // hd

@@ -1,8 +1,8 @@
-"""Parameter and FLOP accounting: DESIGN.md §5, the CART paper's formulas and tables, invariants.
+"""Parameter and FLOP accounting: docs/accounting.md's definitions, the CART paper's formulas and tables, invariants.
 
 Counts come from the formulas, not a lookup table: every figure here is reached through the real
 ``cartspec params --json`` on a shipped spec, often changed with ``--set`` (prelude depth, loops,
-width), and compared with a closed form written from the paper (reference/cart_paper.md §1.10).
+width), and compared with a closed form written from the paper (docs/cart.md, parameter counts).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def millions(n: int) -> float:
     return round(n / 1e6, 2)
 
 
-# ----------------------------------------------------------------------------- DESIGN.md §5
+# ----------------------------------------------------------------------------- the exact counts (docs/accounting.md)
 
 
 TRUTH_TABLE = [
@@ -59,7 +59,7 @@ TRUTH_TABLE = [
     TRUTH_TABLE,
     ids=[f"{row[0].removesuffix('.yaml')}{''.join('-' + s for s in row[1])}" for row in TRUTH_TABLE],
 )
-def test_params_reproduces_every_row_of_the_design_truth_table(
+def test_params_reproduces_every_row_of_the_exact_count_table(
     cli, spec, sets, stored, effective, paper, fwd_gflops
 ):
     report = params(cli, spec, *sets)
@@ -77,7 +77,7 @@ def swiglu_hidden(d: int) -> int:
 
 
 def cart_closed_form(d: int, P: int, R: int) -> dict[str, int]:
-    """CART (reference/cart_paper.md §1.10), coda of 1 layer, vocabulary 32,000, tied head.
+    """CART (docs/cart.md, parameter counts), coda of 1 layer, vocabulary 32,000, tied head.
 
     prelude/coda layer = 2.75d² (MLA: q, o = 2d²; kv_down, k_up, v_up = 3·d·d/4) + 3·d·ffn + 2d (norms)
     core block         = 2d² (cross-attention: q, o only) + 3·d·ffn + 2d
@@ -122,21 +122,21 @@ def test_width_set_on_the_command_line_gives_the_shipped_spec_of_that_width(cli,
 # ----------------------------------------------------------------------------- the paper's printed tables
 
 
-# reference/cart_paper.md §1.10: layer and core sizes, stored at P=6, effective (paper) at R=6/8/10, in M.
+# docs/cart.md (parameter counts): layer and core sizes, stored at P=6, effective (paper) at R=6/8/10, in M.
 PAPER_P6 = {
     256: (0.77, 0.72, 14.37, 17.97, 19.42, 20.86),
     512: (3.08, 2.88, 41.05, 55.47, 61.24, 67.01),
     768: (6.34, 5.90, 75.34, 104.84, 116.64, 128.44),
     1024: (11.54, 10.75, 125.09, 178.84, 200.34, 221.84),
 }
-# §1.10: stored (M) for the other prelude depths, at any R.
+# docs/cart.md: stored (M) for the other prelude depths, at any R.
 PAPER_STORED_BY_P = {
     256: {2: 11.28, 3: 12.05, 4: 12.82},
     512: {2: 28.73, 3: 31.81, 4: 34.89},
     768: {2: 49.97, 3: 56.31, 4: 62.65},
     1024: {2: 78.95, 3: 90.48, 4: 102.02},
 }
-# §1.11: dense baselines (M) by width and depth.
+# The author's dense-baseline formula (M) by width and depth.
 PAPER_DENSE = {
     256: {7: 14.16, 12: 18.42},
     512: {7: 40.25, 12: 57.29},

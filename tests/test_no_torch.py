@@ -1,4 +1,4 @@
-"""The compiler's commands never import torch (DESIGN.md §2): they must answer in well under
+"""The compiler's commands never import torch (docs/architecture.md): they must answer in well under
 a second and work where torch is not installed. Checked in a fresh interpreter, since this test
 process has long since imported whatever other tests needed.
 """

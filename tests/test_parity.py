@@ -1,6 +1,6 @@
 """`cartspec parity`: the dense baseline of a looped spec at stored, effective or FLOP parity.
 
-The paper's pairing at d=1024 (reference §1.11) is the specification: Dense 7L at stored parity
+The paper's pairing at d=1024 (docs/cart.md, dense baselines) is the specification: Dense 7L at stored parity
 (122.7M <= CART's 125.1M) and Dense 12L at effective parity (186.9M >= 179.0M), although 11L
 (174.1M) is nearer; 12L is also the FLOP match (367.3 vs 355.0 GFLOPs).
 """

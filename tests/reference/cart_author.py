@@ -1,7 +1,7 @@
-"""The CART author's forward pass, re-written by hand from the paper and DESIGN.md §4.
+"""The CART author's forward pass, re-written by hand from the paper and docs/cart.md.
 
 Written from the description of ``ccapps42/CART`` (model/cart.py, layers.py, attention.py and the
-hyper/lti/lie modules of the design spec, see ``reference/cart_paper.md`` §1), not from cartspec's
+hyper/lti/lie modules of the author's design; the semantics are in docs/cart.md), not from cartspec's
 generated code: its own module names (the author's style: ``tok_emb``, ``kv_proj``, ``hyper``,
 ``lti``, ``lie``, ``norm_f``), attention as an explicit masked softmax instead of SDPA, RoPE and the
 loop-index table computed on the fly. Ablations are the author's training flags
