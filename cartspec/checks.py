@@ -104,7 +104,7 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
     roped = [
         (block, node.attention.rope_base)
         for block in ("stack", "prelude", "core", "coda")
-        if (node := getattr(spec.blocks, block)) is not None and getattr(node.attention, "rope", False)
+        if (node := getattr(spec.blocks, block)) is not None and node.attention.rope
     ]
     if len({base for _, base in roped}) > 1:
         block, base = roped[-1]
@@ -114,45 +114,13 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"{base} differs from {roped[0][1]}; RoPE blocks share one table",
             )
         )
-    n_heads = max(m.n_heads, 1)
-    for block in ("stack", "prelude", "core", "coda"):
+    for block in ("stack", "prelude", "core", "coda"):  # each kind's own rules
         node = getattr(spec.blocks, block)
-        attention = node.attention if node is not None else None
-        kv_heads = getattr(attention, "kv_heads", None)
-        if kv_heads is not None and (kv_heads > n_heads or n_heads % kv_heads):
-            problems.append(
-                (
-                    ("blocks", block, "attention", "kv_heads"),
-                    f"{kv_heads} does not divide the {n_heads} query heads",
-                )
-            )
-    anchor = spec.blocks.anchor
-    if anchor is not None:
-        if (
-            anchor.kind == "kv"
-            and anchor.kv_heads is not None
-            and (anchor.kv_heads > n_heads or n_heads % anchor.kv_heads)
-        ):
-            problems.append(
-                (
-                    ("blocks", "anchor", "kv_heads"),
-                    f"{anchor.kv_heads} does not divide the {n_heads} query heads",
-                )
-            )
-        if anchor.kind == "kv" and anchor.kv_latent is not None:
-            problems.append(
-                (
-                    ("blocks", "anchor", "kv_latent"),
-                    "only kind mla_kv has a latent; kind kv is full rank",
-                )
-            )
-        if anchor.kind == "mla_kv" and anchor.kv_heads is not None:
-            problems.append(
-                (
-                    ("blocks", "anchor", "kv_heads"),
-                    "kind mla_kv up-projects to every head; kv_heads is for kind kv",
-                )
-            )
+        if node is not None:
+            at = ("blocks", block, "attention")
+            problems += [((*at, *sub), message) for sub, message in node.attention.problems(m)]
+    if spec.blocks.anchor is not None:
+        problems += [(("blocks", "anchor", *sub), msg) for sub, msg in spec.blocks.anchor.problems(m)]
     if problems:
         return
     stored = _rough_stored(spec)

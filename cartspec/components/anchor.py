@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from cartspec.components.attention import latent_entry, latent_width
-from cartspec.components.base import ConfigEntry, Identifier, Strict
+from cartspec.components.attention import kv_heads_problems, latent_entry, latent_width
+from cartspec.components.base import ConfigEntry, Identifier, Problems, Strict
 
 if TYPE_CHECKING:
     from cartspec.schema import ModelConfig
@@ -59,6 +59,17 @@ class Anchor(Strict):
 
     def grouped(self, m: ModelConfig) -> bool:
         return self.kind == "kv" and self.resolved(m).kv_heads < m.n_heads
+
+    def problems(self, m: ModelConfig) -> Problems:
+        """Each kind's own size key: a latent for mla_kv, K/V heads for kv."""
+        if self.kind == "kv":
+            found = kv_heads_problems(self.kv_heads, m)
+            if self.kv_latent is not None:
+                found.append((("kv_latent",), "only kind mla_kv has a latent; kind kv is full rank"))
+            return found
+        if self.kv_heads is not None:
+            return [(("kv_heads",), "kind mla_kv up-projects to every head; kv_heads is for kind kv")]
+        return []
 
     def config_entries(self, m: ModelConfig) -> list[ConfigEntry]:
         if self.kind == "mla_kv":

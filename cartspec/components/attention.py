@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from cartspec.components.base import ConfigEntry, Identifier, Strict, register
+from cartspec.components.base import ConfigEntry, Identifier, Problems, Strict, register
 
 if TYPE_CHECKING:
     from cartspec.schema import ModelConfig
@@ -49,6 +49,10 @@ class Attention(Strict):
         """True when K/V heads are repeated to the query heads."""
         return False
 
+    def problems(self, m: ModelConfig) -> Problems:
+        """Rules that need the model's sizes (the schema checks each value alone)."""
+        return []
+
 
 def _suffix(rope: bool, causal: bool) -> str:
     return ("" if rope else "NoRope") + ("" if causal else "Bidirectional")
@@ -83,6 +87,9 @@ class MHA(Attention):
 
     def grouped(self, m: ModelConfig) -> bool:
         return self.size(m) < m.n_heads
+
+    def problems(self, m: ModelConfig) -> Problems:
+        return kv_heads_problems(self.kv_heads, m)
 
     def class_name(self, m: ModelConfig) -> str:
         base = "GroupedQueryAttention" if self.grouped(m) else "SelfAttention"
@@ -154,6 +161,14 @@ class Cross(Attention):
 
     def class_name(self, m: ModelConfig) -> str:
         return "AnchorCrossAttention" + ("" if self.causal else "Bidirectional")
+
+
+def kv_heads_problems(kv_heads: int | None, m: ModelConfig) -> Problems:
+    """K/V heads must divide the query heads: each serves a whole group of them."""
+    n_heads = max(m.n_heads, 1)
+    if kv_heads is not None and (kv_heads > n_heads or n_heads % kv_heads):
+        return [(("kv_heads",), f"{kv_heads} does not divide the {n_heads} query heads")]
+    return []
 
 
 def latent_width(m: ModelConfig, latent: int | None) -> int:

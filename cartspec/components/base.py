@@ -22,6 +22,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Problems = list[tuple[tuple[str, ...], str]]  # (key path below the kind's own node, message)
+
+
 _REGISTRY: dict[str, list[type[Strict]]] = {}
 
 
