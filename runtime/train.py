@@ -27,7 +27,6 @@ from cartspec.accounting import account
 from cartspec.errors import UserError
 from cartspec.resolve import Resolved, architecture_sha256, spec_dict
 from cartspec.runtime import checkpoint, distributed
-from cartspec.runtime.compiling import compile_model
 from cartspec.runtime.data import (
     BatchStream,
     TokenSplits,
@@ -42,6 +41,7 @@ from cartspec.runtime.data import (
 from cartspec.runtime.generated import compiled_module
 from cartspec.runtime.optim import build_optimizer, lr_at
 from cartspec.runtime.tokenizer import Tokenizer, build_tokenizer, load_tokenizer_file
+from cartspec.runtime.torch_compile import compile_model
 from cartspec.schema import Spec
 
 

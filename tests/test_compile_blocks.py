@@ -31,8 +31,8 @@ from cartspec.errors import SpecError
 from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime import train as runtime
-from cartspec.runtime.compiling import compile_model
 from cartspec.runtime.generated import import_module
+from cartspec.runtime.torch_compile import compile_model
 
 STAGES = ("stack", "prelude", "core", "coda")  # where blocks live; everything else is not a block
 B, T = 2, 16
