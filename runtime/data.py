@@ -14,16 +14,16 @@ import importlib.metadata
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cartspec.errors import UserError
+from cartspec.runtime.atomic import atomic_writer, write_atomic
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -42,30 +42,6 @@ def default_cache_dir() -> Path:
     """Where tokenizers and token files are cached: $CARTSPEC_CACHE or ~/.cache/cartspec."""
     env = os.environ.get("CARTSPEC_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cartspec"
-
-
-@contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
-    """Open a temp file next to ``path`` and move it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name (not mkstemp) so the file gets the umask's permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a whole file atomically (str is encoded as UTF-8)."""
-    with atomic_writer(path) as f:
-        f.write(data.encode() if isinstance(data, str) else data)
 
 
 # ----------------------------------------------------------------------------- corpora

@@ -27,6 +27,7 @@ from cartspec.accounting import account
 from cartspec.errors import UserError
 from cartspec.resolve import Resolved, architecture_sha256, spec_dict
 from cartspec.runtime import checkpoint, distributed
+from cartspec.runtime.atomic import write_atomic
 from cartspec.runtime.data import (
     BatchStream,
     TokenSplits,
@@ -36,7 +37,6 @@ from cartspec.runtime.data import (
     load_documents,
     prepare_tokens,
     val_batches,
-    write_atomic,
 )
 from cartspec.runtime.generated import compiled_module
 from cartspec.runtime.optim import build_optimizer, lr_at
