@@ -7,9 +7,7 @@ A run directory holds everything needed to read, resume, evaluate or sample it l
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import sys
 import time
 from contextlib import nullcontext
@@ -22,12 +20,10 @@ import torch
 import yaml
 from torch import nn
 
-from cartspec import __version__
 from cartspec.accounting import account
 from cartspec.errors import UserError
-from cartspec.resolve import Resolved, architecture_sha256, spec_dict
-from cartspec.runtime import checkpoint, distributed
-from cartspec.runtime.atomic import write_atomic
+from cartspec.resolve import Resolved, architecture_sha256
+from cartspec.runtime import checkpoint, distributed, rundir
 from cartspec.runtime.data import (
     BatchStream,
     TokenSplits,
@@ -146,57 +142,13 @@ def evaluate(
 # ----------------------------------------------------------------------------- run directory
 
 
-def run_dir_for(resolved: Resolved, out: Path | None) -> Path:
-    return out if out is not None else Path("runs") / resolved.spec.name
-
-
-def _write_run_files(
-    run_dir: Path, resolved: Resolved, tokenizer: Tokenizer | None, device: torch.device
-) -> None:
-    write_atomic(run_dir / "spec.yaml", yaml.safe_dump(spec_dict(resolved.spec), sort_keys=False))
-    if tokenizer is not None:
-        tokenizer.save(run_dir / "tokenizer.json")
-    env = {
-        "cartspec": __version__,
+def _machine(device: torch.device) -> dict[str, Any]:
+    """env.json's torch part: torch's version and the device trained on."""
+    return {
         "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "spec_file": str(resolved.path),
     }
-    write_atomic(run_dir / "env.json", json.dumps(env, indent=2))
-
-
-class Metrics:
-    """Append-only ``metrics.jsonl``; on resume, lines past the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
-        self.path, self.file = path, None
-        if not enabled:  # not rank 0
-            return
-        if resume_step is None:
-            path.write_text("")
-        elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if _line_step(line) <= resume_step]
-            write_atomic(path, "".join(line + "\n" for line in kept))
-        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def _line_step(line: str) -> float:
-    """The step of a metrics line; a blank or torn one (a write cut by power loss) sorts last."""
-    try:
-        return json.loads(line).get("step", 0)
-    except (ValueError, AttributeError):
-        return math.inf
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -215,7 +167,7 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
 def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
     spec, t = resolved.spec, resolved.spec.train
     micro_batch, accum = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)
-    run_dir = run_dir_for(resolved, options.out)
+    run_dir = rundir.run_dir_for(resolved, options.out)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -263,10 +215,13 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
         stream.load_state_dict(saved["data"])
 
     if world.is_main:
-        _write_run_files(run_dir, resolved, tokenizer, device)
+        rundir.write_spec(run_dir, resolved)
+        if tokenizer is not None:
+            tokenizer.save(run_dir / rundir.TOKENIZER)
+        rundir.write_env(run_dir, resolved.path, _machine(device))
     ctx = autocast(spec, device)
     compiled = compile_model(model, "model", t.compile_mode) if t.compile == "model" else model
-    metrics = Metrics(run_dir / "metrics.jsonl", start if resume_from is not None else None, world.is_main)
+    metrics = rundir.Metrics(run_dir, start if resume_from is not None else None, world.is_main)
     report = account(resolved.graph)
     stop = min(t.steps, options.until) if options.until is not None else t.steps
     tokens_per_step = spec.tokens_per_step

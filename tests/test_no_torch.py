@@ -1,5 +1,6 @@
-"""The compiler's commands never import torch (DESIGN.md §2): they must answer in well under
-a second and work where torch is not installed. Checked in a fresh interpreter, since this test
+"""The compiler's commands never import torch: they must answer in well under a second and work
+where torch is not installed. Nor does the run folder's layout module, which sweeps and reports read
+runs through. Checked in a fresh interpreter, since this test
 process has long since imported whatever other tests needed.
 """
 
@@ -61,3 +62,17 @@ def test_validate_and_params_do_not_load_networkx(heavy_modules_after_each_comma
     """networkx costs about a third of a second on import; only ``graph --format json`` needs it."""
     commands = [" ".join(c) for c in COMMANDS if c[0] in ("validate", "params")]
     assert {cmd: heavy_modules_after_each_command[cmd] for cmd in commands} == dict.fromkeys(commands, [])
+
+
+def test_the_run_folder_module_never_imports_torch(tmp_path):
+    """Sweeps and reports read run folders (spec.yaml, metrics.jsonl, checkpoint names) without torch."""
+    probe = (
+        "import sys; from pathlib import Path; from cartspec.runtime import rundir; "
+        "rundir.read_metrics(Path(sys.argv[1])); rundir.newest_step(Path(sys.argv[1])); "
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
