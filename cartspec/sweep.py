@@ -775,7 +775,7 @@ def run(
         echo(f"sweep {p.name}: {len(p.configs)} configs, {todo} to run -> {display(p.out_dir)}")
         evaluated = set(results.loop_evals(con))
         if todo or any(loop_counts(c, p.eval_loops) and c.id not in evaluated for c in p.configs):
-            from cartspec.runtime.train import pick_device
+            from cartspec.runtime.device import pick_device
 
             pick_device(device)  # a wrong --device is one error, not one failed run per config
         for i, c in enumerate(p.configs, 1):
@@ -806,7 +806,7 @@ def run(
                 results.update(con, c.id, status="pending", error="interrupted", wall_s=spent)
                 raise
             except Exception as e:
-                from cartspec.runtime.train import TrainingDiverged
+                from cartspec.runtime.loop import TrainingDiverged
 
                 expected = isinstance(e, UserError | TrainingDiverged)
                 error = _one_line(e) if expected else traceback.format_exc()
@@ -839,7 +839,7 @@ def run(
 
 
 def _train(c: Config, run_dir: Path, device: str):
-    from cartspec.runtime.train import Options, train
+    from cartspec.runtime.loop import Options, train
 
     return train(c.resolved, Options(out=run_dir, resume="auto", device=device, progress=False))
 

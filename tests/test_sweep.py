@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sweep_helpers import TINY_SPEC, one_thread, write_mini_sweep
 
-import cartspec.runtime.train as runtime_train
+import cartspec.runtime.loop as runtime_train
 from cartspec import sweep
 from cartspec.errors import SpecError, UserError
 from cartspec.resolve import resolve

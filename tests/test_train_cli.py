@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
-from cartspec.runtime.train import Options, train
+from cartspec.runtime.loop import Options, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"
