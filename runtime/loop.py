@@ -89,6 +89,7 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
 
 def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
     spec, t = resolved.spec, resolved.spec.train
+    batch = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)  # before any work
     run_dir = _open_run_dir(rundir.run_dir_for(resolved, options.out))
     resume_from = _resume_path(run_dir, options.resume, announce=world.is_main)
     cache_dir = options.cache_dir or default_cache_dir()
@@ -99,7 +100,7 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
     }
     # before model.py is rewritten: a refused resume leaves the run as it was
     saved = _check_resumable(resume_from, state) if resume_from is not None else None
-    run = _build_run(resolved, run_dir, world, device, splits, state)
+    run = _build_run(resolved, run_dir, world, device, batch, splits, state)
     start = 0
     if resume_from is not None and saved is not None:
         start = checkpoint.restore(resume_from, run.model, run.optimizer).step
@@ -199,11 +200,12 @@ def _build_run(
     run_dir: Path,
     world: distributed.World,
     device: torch.device,
+    batch: tuple[int, int],
     splits: TokenSplits,
     state: dict[str, Any],
 ) -> _Run:
     """The model from the run's generated ``model.py``, placed and compiled as the recipe asks,
-    with its optimizer and this rank's batches."""
+    with its optimizer and this rank's batches (``batch``: its micro-batch size and count per step)."""
     spec, t = resolved.spec, resolved.spec.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     module, _ = distributed.main_first(world, lambda: compiled_module(resolved, run_dir, rundir.MODEL))
@@ -213,7 +215,7 @@ def _build_run(
     model = distributed.wrap(model, world, device, t.parallel)
     compiled = compile_model(model, "model", t.compile_mode) if t.compile == "model" else model
     optimizer = build_optimizer(model, t, device)
-    micro_batch, accum = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)
+    micro_batch, accum = batch
     stream = BatchStream(splits.train, spec.seq_len, micro_batch, world.rank, world.size)
     val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
     ctx = autocast(spec, device)
