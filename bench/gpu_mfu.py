@@ -2,7 +2,7 @@
 
 MFU = tokens/s x 6 x effective parameters (paper convention) / the GPU's peak dense bf16 FLOP/s,
 the CART paper's definition. Its RTX 3090 figure is printed beside ours. The model compiles as the
-runtime compiles it (runtime/compiling.py): each block once by default, ``--compile model`` for
+runtime compiles it (runtime/torch_compile.py): each block once by default, ``--compile model`` for
 one whole-model graph, ``--compile off`` for eager.
 
     python bench/gpu_mfu.py specs/cart_d1024.yaml specs/dense_d1024.yaml [--steps 20]
@@ -19,7 +19,7 @@ import torch
 from _common import generated_model
 
 from cartspec.accounting import account
-from cartspec.runtime.compiling import SCOPES, compile_model
+from cartspec.runtime.torch_compile import SCOPES, compile_model
 
 # Peak dense bf16 tensor FLOP/s (no sparsity), from the vendors' data sheets.
 PEAK_BF16 = {

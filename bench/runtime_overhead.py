@@ -1,4 +1,4 @@
-"""Runtime overhead: seconds per step of ``cartspec.runtime.train.train()`` next to a bare loop.
+"""Runtime overhead: seconds per step of ``cartspec.runtime.loop.train()`` next to a bare loop.
 
 Both sides train the same generated model (``specs/tiny/cart_tiny.yaml`` by default) from the same
 seed on the same batches with the same AdamW settings, on the CPU in float32. The bare loops:
@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 
 from cartspec.resolve import resolve
-from cartspec.runtime import train as runtime
-from cartspec.runtime.data import BatchStream
+from cartspec.runtime import loop
+from cartspec.runtime.data import BatchStream, prepare_data
 from cartspec.runtime.generated import compiled_module, import_module
 from cartspec.runtime.optim import build_optimizer, lr_at
 
@@ -64,8 +64,8 @@ class StepClock:
 def time_runtime(resolved, cache: Path, work: Path, skip: int) -> tuple[list[float], list[float]]:
     """Seconds of each timed step of the runtime's loop, and its logged losses."""
     out = Path(tempfile.mkdtemp(dir=work))
-    runtime._progress = StepClock  # the hook the loop calls after every optimizer step
-    runtime.train(resolved, runtime.Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    loop._progress = StepClock  # the hook the loop calls after every optimizer step
+    loop.train(resolved, loop.Options(out=out, device="cpu", cache_dir=cache, progress=False))
     stamps = [StepClock.times[s] for s in range(skip, resolved.spec.train.steps + 1)]
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [b - a for a, b in pairwise(stamps)], losses
@@ -125,7 +125,7 @@ def main() -> int:
         parser.error("the spec has no grad_clip; the bare + clip loop needs one")
     with tempfile.TemporaryDirectory(prefix="cartspec-bench-") as tmp:
         work, cache = Path(tmp), Path(tmp) / "cache"
-        _, splits = runtime.prepare_data(resolved.spec, cache)
+        _, splits = prepare_data(resolved.spec, cache)
         stream = BatchStream(splits.train, resolved.spec.seq_len, t.micro_batch)
         batches = [next(stream) for _ in range(args.steps)]
         _, module_path = compiled_module(resolved, work, "model.py")

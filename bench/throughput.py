@@ -3,7 +3,7 @@
 Same sizes, same batches, same AdamW, float32 on CPU (bf16 on CUDA). Prints seconds per step and
 the ratio generated/reference speed (target >= 0.97), eager and, with --compile, compiled. Both
 sides compile the same way: mode ``blocks`` (``--compile``) compiles each block once with
-runtime/compiling.py, the reference models listing their layers and core in ``blocks()`` too;
+runtime/torch_compile.py, the reference models listing their layers and core in ``blocks()`` too;
 mode ``model`` (``--compile model``) compiles each whole model as one graph.
 
     python bench/throughput.py [--steps 10] [--compile [blocks|model]] [--device cpu]
@@ -19,7 +19,7 @@ import torch
 from _common import generated_model, median_time
 from reference_models import HandCART, HandDense
 
-from cartspec.runtime.compiling import compile_model
+from cartspec.runtime.torch_compile import compile_model
 
 SPECS = {"cart_tiny": "specs/tiny/cart_tiny.yaml", "dense_tiny": "specs/tiny/dense_tiny.yaml"}
 

@@ -216,8 +216,9 @@ def train(
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
     from cartspec.resolve import resolve
-    from cartspec.runtime.train import Options, TrainingDiverged, pick_device
-    from cartspec.runtime.train import train as run_training
+    from cartspec.runtime.device import pick_device
+    from cartspec.runtime.loop import Options, TrainingDiverged
+    from cartspec.runtime.loop import train as run_training
 
     overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
     for flag, key, value in (

@@ -2,8 +2,9 @@
 
 Flow for text sources: ``load_documents`` -> ``build_tokenizer`` (tokenizer.py) ->
 ``prepare_tokens`` -> ``BatchStream`` / ``val_batches``. Pre-tokenized sources skip the first
-three steps through ``load_bin_splits``. Every cache write is atomic (temp file + ``os.replace``)
-so an interrupted run never leaves a corrupt cache behind.
+three steps through ``load_bin_splits``; ``prepare_data`` takes either path for a spec. Every
+cache write is atomic (temp file + ``os.replace``) so an interrupted run never leaves a corrupt
+cache behind.
 """
 
 from __future__ import annotations
@@ -14,18 +15,20 @@ import importlib.metadata
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cartspec.errors import UserError
+from cartspec.runtime.atomic import atomic_writer, write_atomic
 
 if TYPE_CHECKING:
+    from cartspec.schema import Spec
+
     from .tokenizer import Tokenizer
 
 BIBLE = "bible"
@@ -42,30 +45,6 @@ def default_cache_dir() -> Path:
     """Where tokenizers and token files are cached: $CARTSPEC_CACHE or ~/.cache/cartspec."""
     env = os.environ.get("CARTSPEC_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cartspec"
-
-
-@contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
-    """Open a temp file next to ``path`` and move it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name (not mkstemp) so the file gets the umask's permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a whole file atomically (str is encoded as UTF-8)."""
-    with atomic_writer(path) as f:
-        f.write(data.encode() if isinstance(data, str) else data)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -372,6 +351,29 @@ def _check_ids_below(tokens: np.ndarray, model_vocab: int, source: str) -> None:
     top = max(int(tokens[i : i + chunk].max()) for i in range(0, len(tokens), chunk))
     if top >= model_vocab:
         raise DataError(f"{source}: token id {top} does not fit the model vocab of {model_vocab}")
+
+
+# ----------------------------------------------------------------------------- a spec's data
+
+
+def prepare_data(spec: Spec, cache_dir: Path) -> tuple[Tokenizer | None, TokenSplits]:
+    """Tokenizer and train/validation tokens for the spec's data section (cached)."""
+    from .tokenizer import build_tokenizer, load_tokenizer_file  # tokenizer.py imports this module
+
+    data = spec.train.data
+    if is_bin_source(data.source):
+        splits = load_bin_splits(
+            data.source, val_fraction=data.val_fraction, model_vocab=spec.model.vocab_size
+        )
+        tokenizer = load_tokenizer_file(data.tokenizer_path) if data.tokenizer_path else None
+        return tokenizer, splits
+    documents = load_documents(data.source)
+    tokenizer = build_tokenizer(
+        data.tokenizer, documents, spec.model.vocab_size, path=data.tokenizer_path, cache_dir=cache_dir
+    )
+    return tokenizer, prepare_tokens(
+        documents, tokenizer, cache_dir, data.val_fraction, spec.model.vocab_size
+    )
 
 
 # ----------------------------------------------------------------------------- batches

@@ -1,26 +1,63 @@
-"""Evaluate a trained run at several loop counts (the paper's variable-R test) and sample from it."""
+"""Validation loss of a model, of a trained run at several loop counts (variable-R inference: a
+looped model run for more or fewer loops than it was trained with), and text sampled from a run."""
 
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from cartspec.errors import UserError
+from cartspec.runtime import distributed
 from cartspec.runtime.data import (
     default_cache_dir,
     is_bin_source,
     load_documents,
     open_bin,
+    prepare_data,
     prepare_tokens,
     val_batches,
 )
+from cartspec.runtime.device import autocast, pick_device
 from cartspec.runtime.tokenizer import Tokenizer
-from cartspec.runtime.train import autocast, evaluate, load_run, pick_device, prepare_data
+from cartspec.runtime.trained import load_run
 from cartspec.schema import Spec
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    ctx: AbstractContextManager,
+    loops: int | None = None,
+    world: distributed.World = distributed.World(),
+) -> float:
+    """Mean cross-entropy over the validation batches (every sequence weighs the same).
+
+    Under data parallelism each rank takes every W-th batch; all ranks run the same number of
+    forward passes (a sharded model gathers its weights in each), padding with weight 0.
+    """
+    mine = [(x, y, 1) for x, y in batches[world.rank :: world.size]]
+    mine += [(*batches[0], 0)] * (math.ceil(len(batches) / world.size) - len(mine))
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module  # no gradients to synchronise
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y, weight in mine:
+        with ctx:
+            _, loss = model(x.to(device), y.to(device), **({} if loops is None else {"loops": loops}))
+        total += loss.item() * x.size(0) * weight
+        count += x.size(0) * weight
+    model.train(was_training)
+    total, count = distributed.all_sum([total, count], world, device)
+    return total / count
 
 
 @dataclass(frozen=True)
@@ -56,18 +93,19 @@ def evaluate_loops(
 ) -> tuple[Spec, list[LoopRow]]:
     """Validation loss and perplexity of the run's newest checkpoint for each loop count."""
     dev = pick_device(device)
-    spec, _, model, tokenizer, _ = load_run(run_dir, dev)
+    run = load_run(run_dir, dev)
+    spec = run.resolved.spec
     core = spec.blocks.core
     if loops and core is None:
         raise UserError(f"--loops: {spec.name} has no loop to vary")
     counts = loops or ([core.loops] if core is not None else [None])
-    tokens = _validation_tokens(spec, tokenizer, data)
+    tokens = _validation_tokens(spec, run.tokenizer, data)
     t = spec.train
     batches = val_batches(tokens, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
     rows = []
     for n in counts:
         try:
-            loss = evaluate(model, batches, dev, autocast(spec, dev), loops=n)
+            loss = evaluate(run.model, batches, dev, autocast(spec, dev), loops=n)
         except ValueError as e:  # the generated model's own check (table too short, unshared core)
             raise UserError(f"--loops {n}: {e}") from None
         rows.append(LoopRow(n, loss, math.exp(min(loss, 50))))
@@ -88,7 +126,8 @@ def sample(
     if temperature < 0:
         raise UserError("--temperature must be >= 0")
     dev = pick_device(device)
-    spec, _, model, tokenizer, _ = load_run(run_dir, dev)
+    run = load_run(run_dir, dev)
+    spec, model, tokenizer = run.resolved.spec, run.model, run.tokenizer
     if tokenizer is None:
         raise UserError(f"{run_dir}: the run has no tokenizer.json, so there is no text to sample")
     generator = torch.Generator(device=dev).manual_seed(seed)

@@ -9,8 +9,8 @@ from pathlib import Path
 from types import ModuleType
 
 from cartspec.codegen.render import render
-from cartspec.codegen.write import write_atomic
 from cartspec.resolve import Resolved
+from cartspec.runtime.atomic import write_atomic
 
 
 def import_module(path: str | Path) -> ModuleType:
@@ -42,5 +42,7 @@ def compiled_module(
     """Render the spec into ``out_dir/<filename or name.py>`` (rewritten only when it changed) and
     import it."""
     target = Path(out_dir) / (filename or f"{resolved.spec.name}.py")
-    write_atomic(target, render(resolved))
+    text = render(resolved)
+    if not (target.is_file() and target.read_text(encoding="utf-8") == text):
+        write_atomic(target, text)
     return import_module(target), target

@@ -18,7 +18,8 @@ from typing import Protocol
 from tokenizers import Tokenizer as HFTokenizerCore
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from .data import DataError, corpus_fingerprint, write_atomic
+from .atomic import write_atomic
+from .data import DataError, corpus_fingerprint
 
 BOS, EOS = "<|bos|>", "<|eos|>"
 BOS_NAMES = (BOS, "<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
-from cartspec.runtime.train import Options, train
+from cartspec.runtime.loop import Options, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"
@@ -380,13 +380,11 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     corpus, cache, tmp_path, monkeypatch
 ):
     """From step 5 on the learning rate is infinite, so the weights and then the loss turn NaN."""
-    import cartspec.runtime.train as runtime_train
-    from cartspec.runtime.train import TrainingDiverged
+    from cartspec.runtime import loop
+    from cartspec.runtime.loop import TrainingDiverged
 
-    schedule = runtime_train.lr_at
-    monkeypatch.setattr(
-        runtime_train, "lr_at", lambda step, t: float("inf") if step >= 4 else schedule(step, t)
-    )
+    schedule = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda step, t: float("inf") if step >= 4 else schedule(step, t))
     out = tmp_path / "run"
     with pytest.raises(
         TrainingDiverged, match=r"loss is nan at step 6; stopped, the last good checkpoint is .*step_0000004"

@@ -29,10 +29,9 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from cartspec.errors import SpecError
 from cartspec.resolve import resolve
-from cartspec.runtime import checkpoint
-from cartspec.runtime import train as runtime
-from cartspec.runtime.compiling import compile_model
+from cartspec.runtime import checkpoint, loop
 from cartspec.runtime.generated import import_module
+from cartspec.runtime.torch_compile import compile_model
 
 STAGES = ("stack", "prelude", "core", "coda")  # where blocks live; everything else is not a block
 B, T = 2, 16
@@ -203,14 +202,14 @@ TRAIN_TINY = [  # ~70k parameters on raw bytes, 4 steps
 
 def test_training_with_compiled_blocks_follows_eager_and_saves_eager_names(tmp_path, monkeypatch):
     counter = CompileCounterWithBackend("aot_eager")
-    monkeypatch.setattr(runtime, "compile_model", functools.partial(compile_model, backend=counter))
+    monkeypatch.setattr(loop, "compile_model", functools.partial(compile_model, backend=counter))
 
     def run(name: str, scope: str) -> list[float]:
         resolved = resolve(CART_TINY, [*TRAIN_TINY, f"train.compile={scope}"])
-        options = runtime.Options(
+        options = loop.Options(
             out=tmp_path / name, device="cpu", cache_dir=tmp_path / "cache", progress=False
         )
-        runtime.train(resolved, options)
+        loop.train(resolved, options)
         return [
             json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         ]

@@ -16,10 +16,10 @@ from tokenizers import Tokenizer as HFCore
 from tokenizers import models
 
 from cartspec.runtime import tokenizer as tokenizer_mod
+from cartspec.runtime.atomic import atomic_writer
 from cartspec.runtime.data import (
     BatchStream,
     DataError,
-    atomic_writer,
     corpus_fingerprint,
     default_cache_dir,
     is_bin_source,

@@ -25,7 +25,7 @@ from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime.distributed import split_batch
 from cartspec.runtime.generated import import_module
-from cartspec.runtime.train import Options, train
+from cartspec.runtime.loop import Options, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"

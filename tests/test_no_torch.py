@@ -1,5 +1,6 @@
-"""The compiler's commands never import torch (docs/architecture.md): they must answer in well under
-a second and work where torch is not installed. Checked in a fresh interpreter, since this test
+"""The compiler's commands never import torch (docs/architecture.md): they must answer in well
+under a second and work where torch is not installed. Nor does the run folder's layout module,
+which sweeps and reports read runs through. Checked in a fresh interpreter, since this test
 process has long since imported whatever other tests needed.
 """
 
@@ -88,3 +89,17 @@ def test_console_and_experiment_modules_import_without_torch():
         timeout=60,
     )
     assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "False\n")
+
+
+def test_the_run_folder_module_never_imports_torch(tmp_path):
+    """Sweeps and reports read run folders (spec.yaml, metrics.jsonl, checkpoint names) without torch."""
+    probe = (
+        "import sys; from pathlib import Path; from cartspec.runtime import rundir; "
+        "rundir.read_metrics(Path(sys.argv[1])); rundir.newest_step(Path(sys.argv[1])); "
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

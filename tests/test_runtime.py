@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from cartspec.resolve import resolve
+from cartspec.runtime.data import prepare_data
 from cartspec.runtime.generated import compiled_module
+from cartspec.runtime.loop import Options, Summary, train
 from cartspec.runtime.optim import build_optimizer, lr_at, parameter_groups
-from cartspec.runtime.train import Options, Summary, prepare_data, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sweep_helpers import TINY_SPEC, one_thread, write_mini_sweep
 
-import cartspec.runtime.train as runtime_train
+import cartspec.runtime.loop as runtime_loop
 from cartspec.errors import SpecError, UserError
 from cartspec.experiments import store
 from cartspec.experiments.overrides import grid_id, yaml_value
@@ -120,7 +120,7 @@ def test_printed_commands_rebuild_exactly_the_planned_configs(cli, tmp_path, mon
 
 def test_an_interrupted_sweep_resumes_without_redoing_finished_configs(cli, tmp_path, monkeypatch):
     path, out = write_mini_sweep(tmp_path), tmp_path / "out"
-    real_train = runtime_train.train
+    real_train = runtime_loop.train
     calls: list[str] = []
 
     def interrupted_in_the_third_config(resolved, options):
@@ -130,7 +130,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_configs(cli, tmp_
             raise KeyboardInterrupt
         return real_train(resolved, options)
 
-    monkeypatch.setattr(runtime_train, "train", interrupted_in_the_third_config)
+    monkeypatch.setattr(runtime_loop, "train", interrupted_in_the_third_config)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(plan_sweep(path, out), device="cpu", echo=lambda line: None)
     assert calls == IDS[:3]
@@ -145,7 +145,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_configs(cli, tmp_
         calls.append(options.out.name)
         return real_train(resolved, options)
 
-    monkeypatch.setattr(runtime_train, "train", counting)
+    monkeypatch.setattr(runtime_loop, "train", counting)
     rc, stdout, stderr = cli("sweep", str(path), "--out", str(out), "--device", "cpu")
     assert (rc, stderr) == (0, "")
     assert calls[3:] == ["dense_stored_r3", "no_hc"]  # the finished ones were not trained again

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
-from cartspec.runtime.train import Options, train
+from cartspec.runtime.loop import Options, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CART_TINY = ROOT / "specs" / "tiny" / "cart_tiny.yaml"
@@ -115,6 +115,40 @@ def test_a_folder_that_is_not_a_run_is_named(cli, tmp_path, command):
 def test_a_run_without_checkpoints_is_refused(cli, run, command):
     shutil.rmtree(run / "checkpoints")
     assert_clean_error(cli(command, str(run)), "no valid checkpoint")
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+@pytest.mark.parametrize(
+    ("before", "after", "at"),
+    [
+        ("max_loops: 16", "max_loops: 2", "max_loops: 2"),  # a loop table shorter than the loop count
+        ("head_dim: 16", "head_dim: 24", "d_model: 32"),  # d_model 32 is not a whole number of heads
+    ],
+)
+def test_a_spec_yaml_that_fails_a_semantic_check_is_located(cli, run, command, before, after, at):
+    """spec.yaml passes the same checks as a spec file: the problem is reported at its line."""
+    spec = run / "spec.yaml"
+    assert before in spec.read_text()
+    spec.write_text(spec.read_text().replace(before, after))
+    rc, out, err = cli(command, str(run))
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith(f"{run / 'spec.yaml'}:") for line in lines), err
+    assert any(line.startswith(f"{spec}:{line_of(spec, at)}:") for line in lines), err
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_model_py_generated_from_another_spec_is_refused(cli, run, command):
+    model = run / "model.py"
+    text = model.read_text()
+    sha = text.split('ARCHITECTURE_SHA256 = "', 1)[1][:64]
+    model.write_text(text.replace(sha, "0" * 64))
+    assert_clean_error(cli(command, str(run)), str(model), "ARCHITECTURE_SHA256")
 
 
 def test_eval_on_missing_data_is_named(cli, run, tmp_path):

@@ -1,29 +1,10 @@
-"""A finished or interrupted run's logged metrics, read back from its run folder (no torch)."""
+"""A finished or interrupted run's last logged values (no torch; the records come from
+:func:`cartspec.runtime.rundir.read_metrics`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from cartspec.runtime.rundir import METRICS
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics file (an unfinished last line is skipped)."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 from cartspec.console import human
 from cartspec.experiments import store
-from cartspec.experiments.metrics import read_metrics
 from cartspec.experiments.store import Row
+from cartspec.runtime.rundir import read_metrics
 
 FIGSIZE = (10.0, 4.5)  # inches at DPI: every plot is 1000 x 450 pixels
 DPI = 100

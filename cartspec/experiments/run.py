@@ -19,11 +19,11 @@ from pathlib import Path
 
 from cartspec.errors import UserError
 from cartspec.experiments import store
-from cartspec.experiments.metrics import final, read_metrics
+from cartspec.experiments.metrics import final
 from cartspec.experiments.plan import Config, Plan, write_derived_specs
 from cartspec.loader import display
 from cartspec.resolve import Resolved, spec_sha256
-from cartspec.runtime.rundir import newest_step
+from cartspec.runtime.rundir import newest_step, read_metrics
 
 Echo = Callable[[str], None]
 
@@ -44,7 +44,7 @@ def run_sweep(
         echo(f"sweep {p.name}: {len(p.configs)} configs, {todo} to run -> {display(p.out_dir)}")
         evaluated = set(store.loop_evals(con))
         if todo or any(loop_counts(c, p.eval_loops) and c.id not in evaluated for c in p.configs):
-            from cartspec.runtime.train import pick_device
+            from cartspec.runtime.device import pick_device
 
             pick_device(device)  # a wrong --device is one error, not one failed run per config
         session = _Session(con, p, device, echo)
@@ -166,7 +166,7 @@ class _Session:
     def train(self, c: Config, tag: str, counts: list[int], before: float) -> bool:
         """Train (or resume) one config, evaluate it at ``counts`` and record how it went;
         False when it failed. ``before`` is the training time of earlier attempts."""
-        from cartspec.runtime.train import Options, TrainingDiverged, train
+        from cartspec.runtime.loop import Options, TrainingDiverged, train
 
         run_dir = self.plan.run_dir(c)
         start = newest_step(run_dir)

@@ -1,0 +1,351 @@
+"""The one training loop for every generated model, in one process or as a rank of a torchrun job.
+
+A run writes its folder (see rundir) as it goes: checkpoints at the spec's interval, a metrics
+line at each log or evaluation step, and at the start the files that let it be read back later.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cartspec.errors import UserError
+from cartspec.resolve import Resolved
+from cartspec.runtime import checkpoint, distributed, rundir
+from cartspec.runtime.data import BatchStream, TokenSplits, default_cache_dir, prepare_data, val_batches
+from cartspec.runtime.device import autocast, machine, pick_device
+from cartspec.runtime.evaluate import evaluate
+from cartspec.runtime.generated import compiled_module
+from cartspec.runtime.optim import build_optimizer, lr_at
+from cartspec.runtime.tokenizer import Tokenizer
+from cartspec.runtime.torch_compile import compile_model
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class Options:
+    out: Path | None = None
+    resume: str | None = None  # None: fresh run; "auto": newest valid checkpoint if any; else a path
+    device: str = "auto"
+    until: int | None = None  # stop after this step (the schedule still spans train.steps)
+    cache_dir: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class Summary:
+    name: str
+    run_dir: str
+    steps: int
+    tokens: int
+    train_loss: float
+    val_loss: float | None
+    val_ppl: float | None
+    rho: float | None
+    stored: int
+    effective: int
+    wall_s: float
+    tokens_per_s: float
+
+
+@dataclass
+class _Run:
+    """What a run steps with, built once before its first step."""
+
+    resolved: Resolved
+    run_dir: Path
+    world: distributed.World
+    device: torch.device
+    ctx: AbstractContextManager  # the precision forward passes run in
+    model: nn.Module  # what is checkpointed and asked for its statistics
+    compiled: nn.Module  # what runs: the model itself, or its whole-model torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    val: list[tuple[torch.Tensor, torch.Tensor]]
+    accum: int  # micro-batches per step on this rank
+    state: dict[str, Any]  # what every checkpoint records beside the weights
+
+
+def train(resolved: Resolved, options: Options = Options()) -> Summary:
+    """Train ``resolved`` in this process, or as one rank of a torchrun job (see distributed)."""
+    world = distributed.world_from_env()
+    device = distributed.setup(world, pick_device(options.device))
+    try:
+        return _train(resolved, options, world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
+    spec, t = resolved.spec, resolved.spec.train
+    batch = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)  # before any work
+    run_dir = _open_run_dir(rundir.run_dir_for(resolved, options.out))
+    resume_from = _resume_path(run_dir, options.resume, announce=world.is_main)
+    cache_dir = options.cache_dir or default_cache_dir()
+    tokenizer, splits = distributed.main_first(world, lambda: prepare_data(spec, cache_dir))
+    state = {
+        "architecture_sha256": resolved.sha256,
+        "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
+    }
+    # before model.py is rewritten: a refused resume leaves the run as it was
+    saved = _check_resumable(resume_from, state) if resume_from is not None else None
+    run = _build_run(resolved, run_dir, world, device, batch, splits, state)
+    start = 0
+    if resume_from is not None and saved is not None:
+        start = checkpoint.restore(resume_from, run.model, run.optimizer).step
+        run.stream.load_state_dict(saved["data"])
+    if world.is_main:
+        _write_run_files(run, tokenizer)
+    stop = min(t.steps, options.until) if options.until is not None else t.steps
+    metrics = rundir.Metrics(run_dir, start if resume_from is not None else None, world.is_main)
+    progress = _progress(options.progress and world.is_main, start, stop, spec.name)
+    wall0 = time.perf_counter()
+    try:
+        loss, val_loss = _steps(run, start, stop, metrics, progress)
+    finally:
+        progress.close()
+        metrics.close()
+    wall = time.perf_counter() - wall0
+    distributed.barrier(world)  # the last checkpoint is on disk before any rank reports done
+    return _summary(run, start, stop, loss, val_loss, wall)
+
+
+def _steps(
+    run: _Run, start: int, stop: int, metrics: rundir.Metrics, progress: _progress
+) -> tuple[float, float | None]:
+    """Steps ``start`` to ``stop`` with what falls due after each; the last training and
+    validation losses."""
+    tokens_per_step = run.resolved.spec.tokens_per_step
+    loss, val_loss = float("nan"), None
+    window_step, window_time = start, time.perf_counter()
+    for step in range(start, stop):
+        loss, lr, grad_norm = _step(run, step)
+        done = step + 1
+        tokens_per_s = tokens_per_step * (done - window_step) / max(time.perf_counter() - window_time, 1e-9)
+        progress.update(done, loss, tokens_per_s)
+        stats = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+        logged, evaluated = _log_evaluate_checkpoint(run, metrics, done, stop, stats)
+        val_loss = evaluated if evaluated is not None else val_loss
+        if logged:  # throughput windows leave out evaluation and checkpoint time
+            window_step, window_time = done, time.perf_counter()
+    return loss, val_loss
+
+
+# ----------------------------------------------------------------------------- before the first step
+
+
+def _open_run_dir(run_dir: Path) -> Path:
+    """Create the run folder, or say in one line why it cannot be."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
+    return run_dir
+
+
+def _resume_path(run_dir: Path, resume: str | None, announce: bool) -> Path | None:
+    """The checkpoint to resume from: None for a fresh run, after refusing one that would
+    overwrite an existing run's checkpoints and metrics."""
+    if resume is None:
+        found = None
+    elif resume == "auto":
+        found, newest = checkpoint.newest_valid(run_dir), checkpoint.list_checkpoints(run_dir)[-1:]
+        if announce and found is not None and found != newest[0]:  # a damaged newest one is skipped
+            print(
+                f"warning: {newest[0]} does not read back whole; resuming from {found.name}", file=sys.stderr
+            )
+    else:
+        found = Path(resume)
+        if not found.exists():
+            raise UserError(f"--resume {resume}: no such checkpoint")
+        checkpoint.read_state(found)
+    if found is None and checkpoint.list_checkpoints(run_dir):
+        if resume is None:
+            raise UserError(
+                f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or --out for a new run"
+            )
+        raise UserError(  # --resume auto: starting over would overwrite the run's metrics
+            f"{run_dir}: none of its checkpoints reads back whole; refusing to start over on top of them"
+        )
+    return found
+
+
+def _check_resumable(resume_from: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's saved state, once it was made by this architecture on these tokens."""
+    saved = checkpoint.read_state(resume_from)
+    if saved.get("architecture_sha256") != state["architecture_sha256"]:
+        raise UserError(
+            f"{resume_from}: checkpoint was made from a different spec (model or blocks differ); refusing to resume"
+        )
+    if saved.get("tokenizer") != state["tokenizer"]:
+        raise UserError(
+            f"{resume_from}: checkpoint was trained with another tokenizer or corpus; refusing to resume"
+        )
+    return saved
+
+
+def _build_run(
+    resolved: Resolved,
+    run_dir: Path,
+    world: distributed.World,
+    device: torch.device,
+    batch: tuple[int, int],
+    splits: TokenSplits,
+    state: dict[str, Any],
+) -> _Run:
+    """The model from the run's generated ``model.py``, placed and compiled as the recipe asks,
+    with its optimizer and this rank's batches (``batch``: its micro-batch size and count per step)."""
+    spec, t = resolved.spec, resolved.spec.train
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    module, _ = distributed.main_first(world, lambda: compiled_module(resolved, run_dir, rundir.MODEL))
+    model = module.Model()
+    if t.compile == "blocks":  # before sharding, so FSDP's hooks stay outside the compiled blocks
+        compile_model(model, "blocks", t.compile_mode)
+    model = distributed.wrap(model, world, device, t.parallel)
+    compiled = compile_model(model, "model", t.compile_mode) if t.compile == "model" else model
+    optimizer = build_optimizer(model, t, device)
+    micro_batch, accum = batch
+    stream = BatchStream(splits.train, spec.seq_len, micro_batch, world.rank, world.size)
+    val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
+    ctx = autocast(spec, device)
+    return _Run(resolved, run_dir, world, device, ctx, model, compiled, optimizer, stream, val, accum, state)
+
+
+def _write_run_files(run: _Run, tokenizer: Tokenizer | None) -> None:
+    rundir.write_spec(run.run_dir, run.resolved)
+    if tokenizer is not None:
+        tokenizer.save(run.run_dir / rundir.TOKENIZER)
+    rundir.write_env(run.run_dir, run.resolved.path, machine(run.device))
+
+
+# ----------------------------------------------------------------------------- each step
+
+
+def _step(run: _Run, step: int) -> tuple[float, float, float]:
+    """One optimizer step over the global batch: its mean loss, learning rate and gradient norm."""
+    t = run.resolved.spec.train
+    lr = lr_at(step, t)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = 0.0
+    for micro in range(run.accum):
+        x, y = next(run.stream)
+        with distributed.gradient_sync(run.model, micro == run.accum - 1):
+            with run.ctx:
+                _, loss = run.compiled(
+                    x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+                )
+            (loss / run.accum).backward()
+        loss_sum += loss.item()
+    (loss_sum,) = distributed.all_sum([loss_sum], run.world, run.device)
+    loss_value = loss_sum / (run.accum * run.world.size)  # the mean over the global batch
+    if not math.isfinite(loss_value):
+        last = checkpoint.newest_valid(run.run_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss is {loss_value} at step {step + 1}; stopped, {kept}")
+    grad_norm = _clip(run.model, t.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_value, lr, grad_norm
+
+
+def _log_evaluate_checkpoint(
+    run: _Run, metrics: rundir.Metrics, done: int, stop: int, stats: dict[str, float]
+) -> tuple[bool, float | None]:
+    """What falls due after step ``done`` (and everything after the last one): a metrics line,
+    a validation loss, a checkpoint. Returns whether a line was written, and the loss if evaluated."""
+    t = run.resolved.spec.train
+    record: dict[str, Any] = {}
+    if done % t.log_interval == 0 or done == stop:
+        record = {"step": done, **stats, **module_stats(run.model)}
+    val_loss = None
+    if done % t.eval.interval == 0 or done == stop:
+        val_loss = evaluate(run.compiled, run.val, run.device, run.ctx, world=run.world)
+        record.update({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+    if record:
+        metrics.write(record)
+    if done % t.checkpoint.interval == 0 or done == stop:
+        payload = {**run.state, "data": run.stream.state_dict(), "loss": stats["loss"]}
+        checkpoint.save(
+            run.run_dir, done, run.model, run.optimizer, payload, t.checkpoint.keep, is_main=run.world.is_main
+        )
+    return bool(record), val_loss
+
+
+def _summary(run: _Run, start: int, stop: int, loss: float, val_loss: float | None, wall: float) -> Summary:
+    spec, params = run.resolved.spec, run.resolved.params
+    return Summary(
+        name=spec.name,
+        run_dir=str(run.run_dir),
+        steps=stop,
+        tokens=stop * spec.tokens_per_step,
+        train_loss=loss,
+        val_loss=val_loss,
+        val_ppl=math.exp(min(val_loss, 50)) if val_loss is not None else None,
+        rho=module_stats(run.model).get("rho"),
+        stored=params.stored,
+        effective=params.effective,
+        wall_s=wall,
+        tokens_per_s=spec.tokens_per_step * (stop - start) / max(wall, 1e-9),
+    )
+
+
+def module_stats(model: nn.Module) -> dict[str, Any]:
+    """The looped model's own statistics (rho, blend weights); a collective when sharded."""
+    inner = checkpoint._unwrap(model)
+    if not hasattr(inner, "loop_stats"):
+        return {}
+    with distributed.full_parameters(inner):
+        return inner.loop_stats()
+
+
+def _clip(model: nn.Module, max_norm: float | None) -> float:
+    """The global gradient norm, after clipping it to ``max_norm`` (a sharded norm is summed over ranks)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+class _progress:
+    """A rich progress bar (step, loss, tokens/s, ETA); silent when disabled."""
+
+    def __init__(self, enabled: bool, start: int, stop: int, name: str):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn(f"[bold]{name}[/bold]"),
+            BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=stop, completed=start, loss=float("nan"), tps=0.0)
+
+    def update(self, done: int, loss: float, tps: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, loss=loss, tps=tps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
