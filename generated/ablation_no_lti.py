@@ -103,9 +103,10 @@ class Rotary(nn.Module):
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q and k of positions start, start + 1, ... (start > 0 when decoding with a cache)."""
         T = q.size(-2)
-        cos, sin = self.cos[:T], self.sin[:T]
+        cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
@@ -127,6 +128,55 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Scaled dot-product attention of T queries to S >= T keys, the queries being the last T
+    positions (S > T when earlier keys come from a cache)."""
+    T, S = q.size(-2), k.size(-2)
+    if T == S or not causal:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class LayerKV:
+    """The keys and values one attention use has seen so far, for incremental decoding."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys and values along the positions; return all of them."""
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """Per attention use, the keys and values of every position decoded so far.
+
+    The anchor's K, V are cached once per position and read by every loop: their size does not
+    grow with the loop count.
+    """
+
+    def __init__(self, config: Config, loops: int) -> None:
+        self.max_seq_len, self.loops = config.max_seq_len, loops
+        self.position = 0  # how many positions are cached: the next token's position
+        self.prelude = [LayerKV() for _ in range(config.prelude_layers)]
+        self.anchor = LayerKV()  # once per position, for every loop
+        self.coda = [LayerKV() for _ in range(config.coda_layers)]
+
+    def advance(self, new: int, loops: int) -> int:
+        """Claim positions for ``new`` tokens decoded at ``loops`` loops; return the first one."""
+        if loops != self.loops:
+            raise ValueError(f"this cache was made for {self.loops} loops; got loops={loops}")
+        if self.position + new > self.max_seq_len:
+            raise ValueError(f"{self.position} cached and {new} new positions exceed {self.max_seq_len}")
+        start, self.position = self.position, self.position + new
+        return start
+
+
 class LatentSelfAttention(nn.Module):
     """CART's latent self-attention: full-rank Q; K and V up-projected from one shared latent; RoPE on Q and K."""
 
@@ -140,13 +190,15 @@ class LatentSelfAttention(nn.Module):
         self.o_proj = nn.Linear(config.d_model, config.d_model, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
         latent = self.kv_down(x)
         q = split_heads(self.q_proj(x), self.n_heads)
         k = split_heads(self.k_up(latent), self.n_heads)
         v = split_heads(self.v_up(latent), self.n_heads)
-        q, k = self.rotary(q, k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k = self.rotary(q, k, start)
+        if kv is not None:
+            k, v = kv.extend(k, v)
+        y = attend(q, k, v, causal=True)
         return self.o_proj(merge_heads(y))
 
 
@@ -161,7 +213,7 @@ class AnchorCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = split_heads(self.q_proj(x), self.n_heads)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = attend(q, k, v, causal=True)
         return self.o_proj(merge_heads(y))
 
 
@@ -203,8 +255,8 @@ class Layer(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), kv, start)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -300,18 +352,31 @@ class AblationNoLti(nn.Module):
         """One loop from its input: h = h_in + core(h_in), the core keeping its own residual."""
         return h_in + self.core(h_in, k, v)
 
+    def new_cache(self, loops: int | None = None) -> KVCache:
+        """An empty cache: forward(idx, cache=...) then takes only new tokens and appends their keys."""
+        return KVCache(self.config, self.config.loops if loops is None else loops)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, loops: int | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        loops: int | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R."""
+        """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R; with a
+        `cache`, idx holds only the tokens after the cached ones."""
         loops = self.config.loops if loops is None else loops
         if not 1 <= loops <= self.config.max_loops:
             raise ValueError(f"loops must be in 1..{self.config.max_loops} (table rows); got {loops}")
+        start = 0 if cache is None else cache.advance(idx.size(1), loops)
         x = self.embedding(idx)
-        for layer in self.prelude:
-            x = layer(x)
+        for i, layer in enumerate(self.prelude):
+            x = layer(x, None if cache is None else cache.prelude[i], start)
         e = x  # the context anchor: the final prelude output
         k, v = self.anchor(e)  # K, V computed once and reused by every loop
+        if cache is not None:
+            k, v = cache.anchor.extend(k, v)  # earlier positions' K, V come from the cache
         states = [e] * 3  # the blend's buffer starts as copies of e
         for r in range(loops):
             h_in = self.state_mix(states) + self.loop_embedding(r)
@@ -321,8 +386,8 @@ class AblationNoLti(nn.Module):
                 h = self.loop_step(h_in, k, v)
             states = [h, *states[:-1]]  # newest first
         x = states[0]
-        for layer in self.coda:
-            x = layer(x)
+        for i, layer in enumerate(self.coda):
+            x = layer(x, None if cache is None else cache.coda[i], start)
         logits = F.linear(self.norm(x), self.embedding.weight)  # tied head: the embedding table
         if targets is None:
             return logits, None

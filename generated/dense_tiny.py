@@ -83,9 +83,10 @@ class Rotary(nn.Module):
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q and k of positions start, start + 1, ... (start > 0 when decoding with a cache)."""
         T = q.size(-2)
-        cos, sin = self.cos[:T], self.sin[:T]
+        cos, sin = self.cos[start : start + T], self.sin[start : start + T]
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
@@ -107,6 +108,47 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Scaled dot-product attention of T queries to S >= T keys, the queries being the last T
+    positions (S > T when earlier keys come from a cache)."""
+    T, S = q.size(-2), k.size(-2)
+    if T == S or not causal:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class LayerKV:
+    """The keys and values one attention use has seen so far, for incremental decoding."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys and values along the positions; return all of them."""
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """Per attention use, the keys and values of every position decoded so far."""
+
+    def __init__(self, config: Config) -> None:
+        self.max_seq_len = config.max_seq_len
+        self.position = 0  # how many positions are cached: the next token's position
+        self.stack = [LayerKV() for _ in range(config.stack_layers)]
+
+    def advance(self, new: int) -> int:
+        """Claim positions for ``new`` tokens; return the first one."""
+        if self.position + new > self.max_seq_len:
+            raise ValueError(f"{self.position} cached and {new} new positions exceed {self.max_seq_len}")
+        start, self.position = self.position, self.position + new
+        return start
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with RoPE."""
 
@@ -119,12 +161,14 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
         q = split_heads(self.q_proj(x), self.n_heads)
         k = split_heads(self.k_proj(x), self.kv_heads)
         v = split_heads(self.v_proj(x), self.kv_heads)
-        q, k = self.rotary(q, k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        q, k = self.rotary(q, k, start)
+        if kv is not None:
+            k, v = kv.extend(k, v)
+        y = attend(q, k, v, causal=True)
         return self.o_proj(merge_heads(y))
 
 
@@ -151,8 +195,8 @@ class Layer(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), kv, start)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -182,13 +226,19 @@ class DenseTiny(nn.Module):
         """Each distinct transformer block once, even if shared: the units the runtime compiles and shards."""
         return [*self.stack]
 
+    def new_cache(self) -> KVCache:
+        """An empty cache: forward(idx, cache=...) then takes only new tokens and appends their keys."""
+        return KVCache(self.config)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab] and, given targets, the mean cross-entropy."""
+        """Logits [B, T, vocab] and, given targets, the mean cross-entropy; with a `cache`, idx holds
+        only the tokens after the cached ones."""
+        start = 0 if cache is None else cache.advance(idx.size(1))
         x = self.embedding(idx)
-        for layer in self.stack:
-            x = layer(x)
+        for i, layer in enumerate(self.stack):
+            x = layer(x, None if cache is None else cache.stack[i], start)
         logits = F.linear(self.norm(x), self.embedding.weight)  # tied head: the embedding table
         if targets is None:
             return logits, None

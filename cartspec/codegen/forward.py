@@ -9,13 +9,46 @@ from cartspec.codegen.layout import wrap
 def forward_context(arch: Architecture, core: dict | None) -> dict:
     """Template context for forward: a dense stack runs its layers; a looped model its loop."""
     if core is None:
-        lines = [
-            line
-            for stage in arch.stages  # stack, or prelude and coda
-            for line in (f"for layer in self.{stage.name}:", "    x = layer(x)")
-        ]
-        return {"forward_lines": lines}
-    return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch)}
+        lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", "x = self.embedding(idx)"]
+        for stage in arch.stages:  # the stack
+            lines += _stage_lines(stage.name)
+        return {"forward_lines": lines, "cache": _cache_context(arch)}
+    return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch), "cache": _cache_context(arch)}
+
+
+def _stage_lines(name: str) -> list[str]:
+    """Run a stage's layers, each with its own cache when decoding."""
+    return [
+        f"for i, layer in enumerate(self.{name}):",
+        f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
+    ]
+
+
+def _cache_context(arch: Architecture) -> dict:
+    """The generated KVCache: one LayerKV per attention use that keeps keys (anchors included)."""
+    lines = [
+        f"self.{s.name} = [LayerKV() for _ in range(config.{s.name}_layers)]"
+        for s in arch.stages
+        if s.name != "coda"
+    ]
+    anchor, core = arch.anchor, arch.core
+    if anchor is not None and anchor.recompute == "never":
+        lines.append("self.anchor = LayerKV()  # once per position, for every loop")
+    elif anchor is not None:
+        lines.append("self.anchor = [LayerKV() for _ in range(loops)]  # recomputed from each loop's input")
+    if core is not None and not core.attention.reads_anchor:
+        if core.layers == 1:
+            lines.append("self.core = [LayerKV() for _ in range(loops)]  # one per loop")
+        else:
+            lines.append("self.core = [[LayerKV() for _ in range(config.core_layers)] for _ in range(loops)]")
+    if arch.stage("coda"):
+        lines.append("self.coda = [LayerKV() for _ in range(config.coda_layers)]")
+    return {
+        "lines": lines,
+        "looped": core is not None,
+        "anchor_once": anchor is not None and anchor.recompute == "never",
+        "decodable": all(a.causal for a in arch.attentions),
+    }
 
 
 def _loop_checks(arch: Architecture) -> dict:
@@ -34,53 +67,75 @@ def _loop_checks(arch: Architecture) -> dict:
         ]
     else:
         lines += ["if loops < 1:", '    raise ValueError(f"loops must be at least 1; got {loops}")']
+    lines.append("start = 0 if cache is None else cache.advance(idx.size(1), loops)")
     return {"loops_check": lines}
 
 
 def _loop_body(arch: Architecture, core: dict) -> dict:
     c = arch.core
-    kv_args = ", k, v" if core["cross"] else ""
-    kv_params = ", k: torch.Tensor, v: torch.Tensor" if core["cross"] else ""
+    cached_core = not core["cross"]  # a self-attending core keeps keys per loop
+    kv_args = ", k, v" if core["cross"] else ", kv, start"
+    kv_params = (
+        ", k: torch.Tensor, v: torch.Tensor"
+        if core["cross"]
+        else f", kv: {'LayerKV' if c.layers == 1 else 'list[LayerKV]'} | None = None, start: int = 0"
+    )
     block_param = "" if c.shared else "core: CoreBlock, "  # the loop's own block
     out = f"{'self.core' if c.shared else 'core'}(h_in{kv_args})"
     step_body = c.gate.step(out) if c.gate is not None else out
     step_doc = c.gate.step_doc() if c.gate is not None else "h = core(h_in)"
 
-    lines: list[str] = []
+    lines = ["x = self.embedding(idx)"]
     prelude = arch.stage("prelude")
     if prelude:
-        lines += ["for layer in self.prelude:", "    x = layer(x)"]
+        lines += _stage_lines("prelude")
     lines.append("e = x  # the context anchor: the final prelude output" if prelude else "e = x")
     anchor = arch.anchor
     if anchor and anchor.recompute == "never":
         source = "e" if anchor.from_ == "prelude" or not prelude else "embedded"
         if source == "embedded":
-            lines.insert(0, "embedded = x")
-        lines.append(f"k, v = self.anchor({source})  # K, V computed once and reused by every loop")
+            lines.insert(1, "embedded = x")
+        lines += [
+            f"k, v = self.anchor({source})  # K, V computed once and reused by every loop",
+            "if cache is not None:",
+            "    k, v = cache.anchor.extend(k, v)  # earlier positions' K, V come from the cache",
+        ]
     if c.state_mix is not None:
         lines.append(f"states = [e] * {c.state_mix.taps}  # the blend's buffer starts as copies of e")
     else:
         lines.append("h = e")
-    indexed = c.loop_embedding is not None or not c.shared
+    indexed = c.loop_embedding is not None or not c.shared or cached_core or core["unfrozen"]
     lines.append("for r in range(loops):" if indexed else "for _ in range(loops):")
     h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
     h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
     lines.append(f"    h_in = {h_in}")
     if core["unfrozen"]:
-        lines.append("    k, v = self.anchor(h_in)  # unfrozen: K, V recomputed from each loop's input")
-    step_args = ("" if c.shared else "self.core[r], ") + "h_in" + kv_args
-    lines += [
-        "    if self.checkpoint_loops and torch.is_grad_enabled():",
-        f"        h = checkpoint(self.loop_step, {step_args}, use_reentrant=False)",
-        "    else:",
-        f"        h = self.loop_step({step_args})",
-    ]
+        lines += [
+            "    k, v = self.anchor(h_in)  # unfrozen: K, V recomputed from each loop's input",
+            "    if cache is not None:",
+            "        k, v = cache.anchor[r].extend(k, v)",
+        ]
+    own = "" if c.shared else "self.core[r], "
+    if cached_core:
+        lines += [
+            "    if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:",
+            f"        h = checkpoint(self.loop_step, {own}h_in, use_reentrant=False)",
+            "    else:",
+            f"        h = self.loop_step({own}h_in, None if cache is None else cache.core[r], start)",
+        ]
+    else:
+        lines += [
+            "    if self.checkpoint_loops and torch.is_grad_enabled():",
+            f"        h = checkpoint(self.loop_step, {own}h_in, k, v, use_reentrant=False)",
+            "    else:",
+            f"        h = self.loop_step({own}h_in, k, v)",
+        ]
     if c.state_mix is not None:
         lines += ["    states = [h, *states[:-1]]  # newest first", "x = states[0]"]
     else:
         lines.append("x = h")
     if arch.stage("coda"):
-        lines += ["for layer in self.coda:", "    x = layer(x)"]
+        lines += _stage_lines("coda")
     return {
         "forward_lines": lines,
         "step_def": wrap(

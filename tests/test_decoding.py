@@ -1,0 +1,96 @@
+"""Cached incremental decoding: every generated model, given a KVCache, computes for new tokens
+exactly what a full forward over the whole prefix computes (greedy tokens identical, logits equal
+to float32 rounding), at several loop counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gen_helpers import ROOT, SHIPPED, VARIANTS, build, compile_variant, randomize_
+
+# every shipped spec, shrunk to a width a CPU test decodes in milliseconds
+TINY = (
+    "model.d_model=32",
+    "model.head_dim=16",
+    "model.vocab_size=64",
+    "model.max_seq_len=32",
+    "train.seq_len=32",
+)
+PROMPT, NEW = 5, 12
+
+
+def greedy(model, prompt: torch.Tensor, new: int, cached: bool, **loops) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens after ``prompt``, and the logits of the last step."""
+    idx = prompt
+    cache = model.new_cache(**loops) if cached else None
+    step = idx
+    for _ in range(new):
+        logits, _ = model(step if cached else idx, cache=cache, **loops)
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, nxt], dim=1)
+        step = nxt
+    return idx[0, prompt.size(1) :].tolist(), logits[:, -1]
+
+
+def loop_counts(model) -> list[dict]:
+    config = model.config
+    if not hasattr(model, "loop_stats"):
+        return [{}]
+    if "core" in model._modules and isinstance(model.core, torch.nn.ModuleList):
+        return [{"loops": config.loops}]  # an unshared core runs exactly its R blocks
+    most = getattr(config, "max_loops", config.loops + 2)
+    return [{"loops": n} for n in sorted({1, config.loops, min(config.loops + 2, most)})]
+
+
+def check(model, vocab: int) -> None:
+    torch.manual_seed(0)
+    prompt = torch.randint(0, vocab, (1, PROMPT))
+    with torch.no_grad():
+        for loops in loop_counts(model):
+            full, full_logits = greedy(model, prompt, NEW, cached=False, **loops)
+            fast, fast_logits = greedy(model, prompt, NEW, cached=True, **loops)
+            assert fast == full, loops
+            torch.testing.assert_close(fast_logits, full_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_cached_decoding_equals_full_decoding_for_every_shipped_spec(tmp_path, spec):
+    _, module = compile_variant(tmp_path, "shipped", TINY, spec=ROOT / spec, small=False)
+    check(randomize_(build(module), seed=1).eval(), 64)
+
+
+CAUSAL = {k: v for k, v in VARIANTS.items() if k != "bidirectional_coda"}
+
+
+@pytest.mark.parametrize("label", sorted(CAUSAL))
+def test_cached_decoding_equals_full_decoding_on_every_template_branch(tmp_path, label):
+    spec, sets = CAUSAL[label]
+    resolved, module = compile_variant(tmp_path, label, sets, spec=spec)
+    check(randomize_(build(module), seed=2).eval(), resolved.spec.model.vocab_size)
+
+
+def test_a_cache_refuses_another_loop_count_a_full_table_and_bidirectional_models(tmp_path):
+    _, module = compile_variant(tmp_path, "cart", ())
+    model = build(module).eval()
+    cache = model.new_cache(loops=2)
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache, loops=2)
+        with pytest.raises(ValueError, match="made for 2 loops"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache, loops=3)
+        with pytest.raises(ValueError, match="exceed 32"):
+            model(torch.zeros(1, 29, dtype=torch.long), cache=cache, loops=2)
+    _, bidirectional = compile_variant(tmp_path, "bidi", VARIANTS["bidirectional_coda"][1])
+    with pytest.raises(ValueError, match="bidirectionally"):
+        build(bidirectional).new_cache()
+
+
+def test_the_anchor_cache_does_not_grow_with_the_loop_count(tmp_path):
+    _, module = compile_variant(tmp_path, "cart", ())
+    model = build(module).eval()
+    sizes = []
+    for loops in (1, 3, 8):
+        cache = model.new_cache(loops=loops)
+        with torch.no_grad():
+            model(torch.zeros(1, 6, dtype=torch.long), cache=cache, loops=loops)
+        sizes.append(cache.anchor.k.numel() + cache.anchor.v.numel())
+    assert sizes[0] == sizes[1] == sizes[2] > 0
