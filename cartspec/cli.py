@@ -321,16 +321,89 @@ def eval_(
 def sample(
     run: Annotated[Path, typer.Argument(help="A run directory made by cartspec train.", show_default=False)],
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")] = "",
+    prompt_file: Annotated[
+        Path | None, typer.Option("--prompt-file", help="Continue each line of this UTF-8 file in turn.")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=100_000)] = 200,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.8,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=100.0)] = 0.8,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = 50,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    top_p: Annotated[
+        float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: in (0, 1].")
+    ] = None,
+    loops: Annotated[
+        int | None, typer.Option("--loops", min=1, max=4096, help="Loop count (default: the trained R).")
+    ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking)."),
+    ] = False,
+    exit_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--exit-threshold",
+            min=0.0,
+            max=1.0,
+            help="In (0, 1]: end a token's loop once a loop changes the state by less than this fraction of its norm.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Text from a trained model, through its own tokenizer."""
+    """Text from a trained model, through its own tokenizer, decoded with its KV cache."""
+    from cartspec.runtime.decode import Decoding, Sampling
     from cartspec.runtime.evaluate import sample as generate
 
-    print(generate(run, prompt, max_new_tokens, temperature, top_k, seed, device))
+    for flag, value in (("--top-p", top_p), ("--exit-threshold", exit_threshold)):
+        if value == 0:
+            raise UserError(f"{flag}: must be above 0")
+    if exit_threshold is not None and no_cache:
+        raise UserError("--exit-threshold decodes token by token with the cache; drop --no-cache")
+    prompts = _prompts(prompt, prompt_file)
+    stream = len(prompts) == 1  # one prompt: its text shows as it is written
+    sampling, decoding = (
+        Sampling(temperature, top_k, top_p, seed),
+        Decoding(loops, not no_cache, exit_threshold),
+    )
+    samples = generate(run, prompts, max_new_tokens, sampling, decoding, device, _write if stream else None)
+    if stream:
+        print()
+    else:
+        print("\n\n".join(s.text for s in samples))
+    used = [s.loops_per_token for s in samples if s.loops_per_token is not None]
+    if used:
+        print(f"mean loops per token: {sum(used) / len(used):.2f}", file=sys.stderr)
+
+
+MAX_PROMPT_FILE = 1 << 20
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _prompts(prompt: str, prompt_file: Path | None) -> list[str]:
+    """The prompts to continue: --prompt, or each non-empty line of --prompt-file (UTF-8, at most 1 MiB)."""
+    if prompt_file is None:
+        return [prompt]
+    if prompt:
+        raise UserError("--prompt and --prompt-file: pick one")
+    if not prompt_file.is_file():
+        raise UserError(f"--prompt-file {prompt_file}: no such file")
+    try:
+        with prompt_file.open("rb") as f:
+            raw = f.read(MAX_PROMPT_FILE + 1)
+    except OSError as e:
+        raise UserError(f"--prompt-file {prompt_file}: cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_PROMPT_FILE:
+        raise UserError(f"--prompt-file {prompt_file}: larger than {MAX_PROMPT_FILE:,} bytes")
+    try:
+        lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prompt-file {prompt_file}: not UTF-8 text (byte {e.start})") from None
+    if not lines:
+        raise UserError(f"--prompt-file {prompt_file}: no prompt in it (every line is empty)")
+    return lines
 
 
 @app.command()

@@ -133,6 +133,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     T, S = q.size(-2), k.size(-2)
     if T == S or not causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if T == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v)
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -157,6 +159,7 @@ class KVCache:
 
     def __init__(self, config: Config, loops: int) -> None:
         self.max_seq_len, self.loops = config.max_seq_len, loops
+        self.loops_used: list[int] = []  # per forward: the loops run before an early exit
         self.position = 0  # how many positions are cached: the next token's position
         self.prelude = [LayerKV() for _ in range(config.prelude_layers)]
         self.core = [LayerKV() for _ in range(loops)]  # one per loop
@@ -345,12 +348,16 @@ class AblationSelfAttnCore(nn.Module):
         *,
         loops: int | None = None,
         cache: KVCache | None = None,
+        exit_threshold: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R; with a
-        `cache`, idx holds only the tokens after the cached ones."""
+        `cache`, idx holds only the tokens after the cached ones, and `exit_threshold` ends the loop
+        once a loop changes the state by less than that fraction of its norm."""
         loops = self.config.loops if loops is None else loops
         if loops != self.config.loops:
             raise ValueError(f"an unshared core has exactly {self.config.loops} blocks; got loops={loops}")
+        if exit_threshold is not None:
+            raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
         x = self.embedding(idx)
         for i, layer in enumerate(self.prelude):
@@ -358,12 +365,18 @@ class AblationSelfAttnCore(nn.Module):
         e = x  # the context anchor: the final prelude output
         states = [e] * 3  # the blend's buffer starts as copies of e
         for r in range(loops):
+            h_prev = states[0]
             h_in = self.state_mix(states) + self.loop_embedding(r)
             if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:
                 h = checkpoint(self.loop_step, self.core[r], h_in, use_reentrant=False)
             else:
                 h = self.loop_step(self.core[r], h_in, None if cache is None else cache.core[r], start)
             states = [h, *states[:-1]]  # newest first
+            if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():
+                loops = r + 1  # the state has settled: later loops would barely move it
+                break
+        if cache is not None:
+            cache.loops_used.append(loops)
         x = states[0]
         for i, layer in enumerate(self.coda):
             x = layer(x, None if cache is None else cache.coda[i], start)

@@ -135,6 +135,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     T, S = q.size(-2), k.size(-2)
     if T == S or not causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if T == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v)
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -163,6 +165,7 @@ class KVCache:
 
     def __init__(self, config: Config, loops: int) -> None:
         self.max_seq_len, self.loops = config.max_seq_len, loops
+        self.loops_used: list[int] = []  # per forward: the loops run before an early exit
         self.position = 0  # how many positions are cached: the next token's position
         self.prelude = [LayerKV() for _ in range(config.prelude_layers)]
         self.anchor = LayerKV()  # once per position, for every loop
@@ -380,12 +383,16 @@ class CartD1024(nn.Module):
         *,
         loops: int | None = None,
         cache: KVCache | None = None,
+        exit_threshold: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R; with a
-        `cache`, idx holds only the tokens after the cached ones."""
+        `cache`, idx holds only the tokens after the cached ones, and `exit_threshold` ends the loop
+        once a loop changes the state by less than that fraction of its norm."""
         loops = self.config.loops if loops is None else loops
         if not 1 <= loops <= self.config.max_loops:
             raise ValueError(f"loops must be in 1..{self.config.max_loops} (table rows); got {loops}")
+        if exit_threshold is not None and cache is None:
+            raise ValueError("early exit decodes token by token: pass a cache")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
         x = self.embedding(idx)
         for i, layer in enumerate(self.prelude):
@@ -396,12 +403,18 @@ class CartD1024(nn.Module):
             k, v = cache.anchor.extend(k, v)  # earlier positions' K, V come from the cache
         states = [e] * 3  # the blend's buffer starts as copies of e
         for r in range(loops):
+            h_prev = states[0]
             h_in = self.state_mix(states) + self.loop_embedding(r)
             if self.checkpoint_loops and torch.is_grad_enabled():
                 h = checkpoint(self.loop_step, h_in, k, v, use_reentrant=False)
             else:
                 h = self.loop_step(h_in, k, v)
             states = [h, *states[:-1]]  # newest first
+            if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():
+                loops = r + 1  # the state has settled: later loops would barely move it
+                break
+        if cache is not None:
+            cache.loops_used.append(loops)
         x = states[0]
         for i, layer in enumerate(self.coda):
             x = layer(x, None if cache is None else cache.coda[i], start)

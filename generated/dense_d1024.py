@@ -114,6 +114,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     T, S = q.size(-2), k.size(-2)
     if T == S or not causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if T == 1:  # one new token sees every cached position
+        return F.scaled_dot_product_attention(q, k, v)
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 

@@ -4,6 +4,7 @@ looped model run for more or fewer loops than it was trained with), and text sam
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from cartspec.runtime.data import (
     prepare_tokens,
     val_batches,
 )
+from cartspec.runtime.decode import Decoding, Sampling, decode
 from cartspec.runtime.device import autocast, pick_device
 from cartspec.runtime.tokenizer import Tokenizer
 from cartspec.runtime.trained import load_run
@@ -112,39 +114,73 @@ def evaluate_loops(
     return spec, rows
 
 
-@torch.no_grad()
 def sample(
     run_dir: Path,
-    prompt: str,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    seed: int = 0,
+    prompts: list[str],
+    max_new_tokens: int,
+    sampling: Sampling,
+    decoding: Decoding,
     device: str = "auto",
-) -> str:
-    """Continue ``prompt`` with the run's model and tokenizer (the context is cropped to max_seq_len)."""
-    if temperature < 0:
-        raise UserError("--temperature must be >= 0")
+    stream: Callable[[str], None] | None = None,
+) -> list[Sample]:
+    """Continue each prompt with the run's model and tokenizer; ``stream`` receives the text of a
+    single prompt's continuation as it grows."""
     dev = pick_device(device)
     run = load_run(run_dir, dev)
     spec, model, tokenizer = run.resolved.spec, run.model, run.tokenizer
     if tokenizer is None:
         raise UserError(f"{run_dir}: the run has no tokenizer.json, so there is no text to sample")
-    generator = torch.Generator(device=dev).manual_seed(seed)
-    ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
-    idx = torch.tensor([ids], device=dev)
-    for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -spec.model.max_seq_len :])
-        logits = logits[0, -1, : tokenizer.vocab_size].float()
-        if temperature == 0:
-            nxt = int(logits.argmax())
-        else:
-            logits = logits / temperature
-            if top_k is not None and top_k < logits.numel():
-                cutoff = torch.topk(logits, top_k).values[-1]
-                logits = logits.masked_fill(logits < cutoff, float("-inf"))
-            nxt = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
-        if nxt == tokenizer.eos_id:
-            break
-        idx = torch.cat([idx, torch.tensor([[nxt]], device=dev)], dim=1)
-    return tokenizer.decode(idx[0, 1:].tolist())
+    if decoding.loops is not None and spec.blocks.core is None:
+        raise UserError(f"--loops: {spec.name} has no loop to vary")
+    out = []
+    for prompt in prompts:
+        ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+        shown = _Stream(tokenizer, stream) if stream is not None and len(prompts) == 1 else None
+        if shown is not None:
+            stream(prompt)
+        try:
+            found = decode(
+                model,
+                ids,
+                max_new_tokens,
+                window=spec.model.max_seq_len,
+                vocab=tokenizer.vocab_size,
+                stop=tokenizer.eos_id,
+                sampling=sampling,
+                decoding=decoding,
+                on_token=shown.add if shown is not None else lambda _: None,
+            )
+        except ValueError as e:  # the generated model's own refusal (loop table, early exit, cache)
+            raise UserError(f"sample: {e}") from None
+        if shown is not None:
+            shown.close()
+        out.append(Sample(tokenizer.decode([*ids[1:], *found.ids]), len(found.ids), found.loops_per_token))
+    return out
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str  # the prompt and its continuation
+    new_tokens: int
+    loops_per_token: float | None
+
+
+class _Stream:
+    """Passes on the continuation's text as it grows, holding back an unfinished UTF-8 character."""
+
+    def __init__(self, tokenizer: Tokenizer, write: Callable[[str], None]):
+        self.tokenizer, self.write = tokenizer, write
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        self._show(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
+
+    def close(self) -> None:
+        self._show(self.tokenizer.decode(self.ids))
+
+    def _show(self, text: str) -> None:
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self.write(text[len(self.shown) :])
+            self.shown = text

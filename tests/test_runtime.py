@@ -183,6 +183,37 @@ def test_sample_continues_the_prompt_in_text(cli, cart_run):
     assert cli(*args)[1] == out  # the default seed makes it repeatable
 
 
+def test_sample_with_the_cache_writes_what_sampling_without_it_writes(cli, cart_run):
+    run, _ = cart_run
+    base = ("sample", str(run), "--prompt", "And God said", "--max-new-tokens", "24")
+    for extra in [(), ("--loops", "2"), ("--temperature", "0"), ("--top-p", "0.9", "--top-k", "20")]:
+        rc, cached, err = cli(*base, *extra)
+        assert rc == 0, err
+        assert cli(*base, *extra, "--no-cache")[1] == cached, extra
+
+
+def test_sample_continues_every_line_of_a_prompt_file(cli, cart_run, tmp_path):
+    run, _ = cart_run
+    (tmp_path / "prompts.txt").write_text("In the beginning\n\nAnd the earth\n")
+    rc, out, err = cli(
+        "sample", str(run), "--prompt-file", str(tmp_path / "prompts.txt"), "--max-new-tokens", "8"
+    )
+    assert rc == 0, err
+    first, second = out.rstrip("\n").split("\n\n")
+    assert first.startswith("In the beginning") and second.startswith("And the earth")
+
+
+def test_sample_can_exit_the_loop_early_and_says_how_many_loops_a_token_used(cli, cart_run):
+    run, _ = cart_run
+    args = ("sample", str(run), "--prompt", "In", "--max-new-tokens", "8", "--exit-threshold")
+    rc, _, err = cli(*args, "1e-9")  # never settles: every token runs all R = 4 loops
+    assert rc == 0, err
+    assert err == "mean loops per token: 4.00\n"
+    rc, _, err = cli(*args, "1")  # a loop that moves the state by less than its norm ends it
+    assert rc == 0, err
+    assert 1 <= float(err.split(": ")[1]) < 4
+
+
 # ----------------------------------------------------------------------------- the schedule
 
 

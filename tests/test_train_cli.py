@@ -160,6 +160,30 @@ def test_eval_rejects_malformed_loop_counts(cli, run, loops):
     assert_clean_error(cli("eval", str(run), "--loops", loops), "--loops")
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--top-p", "0"), "--top-p: must be above 0"),
+        (("--exit-threshold", "0"), "--exit-threshold: must be above 0"),
+        (("--exit-threshold", "0.1", "--no-cache"), "drop --no-cache"),
+        (("--loops", "17"), "loops must be in 1..16"),  # the loop table has 16 rows
+        (("--prompt-file", "nowhere.txt"), "no such file"),
+        (("--prompt", "x", "--prompt-file", "spec.yaml"), "pick one"),
+    ],
+)
+def test_sample_refuses_bad_decoding_options_in_one_line(cli, run, args, fragment):
+    rc = cli("sample", str(run), *[str(run / a) if a.endswith((".txt", ".yaml")) else a for a in args])
+    assert_clean_error(rc, fragment)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"), [(b"\n  \n", "no prompt in it"), (b"\xff\xfe", "not UTF-8")]
+)
+def test_sample_refuses_an_empty_or_binary_prompt_file(cli, run, content, fragment):
+    (run / "prompts.txt").write_bytes(content)
+    assert_clean_error(cli("sample", str(run), "--prompt-file", str(run / "prompts.txt")), fragment)
+
+
 def test_eval_and_sample_skip_a_corrupt_newest_checkpoint(cli, run, trained):
     truncate(run / "checkpoints/step_0000020/model.safetensors")
     rc, out, err = cli("eval", str(run), "--json")

@@ -67,6 +67,16 @@ def _loop_checks(arch: Architecture) -> dict:
         ]
     else:
         lines += ["if loops < 1:", '    raise ValueError(f"loops must be at least 1; got {loops}")']
+    if c.attention.reads_anchor and arch.anchor.recompute == "never":
+        lines += [
+            "if exit_threshold is not None and cache is None:",
+            '    raise ValueError("early exit decodes token by token: pass a cache")',
+        ]
+    else:  # keys kept per loop: a loop skipped for one token would lack them for the next
+        lines += [
+            "if exit_threshold is not None:",
+            '    raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")',
+        ]
     lines.append("start = 0 if cache is None else cache.advance(idx.size(1), loops)")
     return {"loops_check": lines}
 
@@ -104,8 +114,8 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         lines.append(f"states = [e] * {c.state_mix.taps}  # the blend's buffer starts as copies of e")
     else:
         lines.append("h = e")
-    indexed = c.loop_embedding is not None or not c.shared or cached_core or core["unfrozen"]
-    lines.append("for r in range(loops):" if indexed else "for _ in range(loops):")
+    lines.append("for r in range(loops):")
+    lines.append("    h_prev = states[0]" if c.state_mix is not None else "    h_prev = h")
     h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
     h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
     lines.append(f"    h_in = {h_in}")
@@ -131,9 +141,15 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
             f"        h = self.loop_step({own}h_in, k, v)",
         ]
     if c.state_mix is not None:
-        lines += ["    states = [h, *states[:-1]]  # newest first", "x = states[0]"]
-    else:
-        lines.append("x = h")
+        lines.append("    states = [h, *states[:-1]]  # newest first")
+    lines += [
+        "    if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():",
+        "        loops = r + 1  # the state has settled: later loops would barely move it",
+        "        break",
+        "if cache is not None:",
+        "    cache.loops_used.append(loops)",
+        "x = states[0]" if c.state_mix is not None else "x = h",
+    ]
     if arch.stage("coda"):
         lines += _stage_lines("coda")
     return {

@@ -1,0 +1,65 @@
+"""Decoding speed with the KV cache against re-running the whole context for every token
+(``cartspec sample --no-cache``), same model, greedy, side by side.
+
+The window (model.max_seq_len) is raised to hold the prompt and every new token, so each row
+measures incremental decoding, not a sliding window. Untrained weights: speed does not depend
+on what the model has learned.
+
+    python bench/decoding.py [--spec specs/tiny/cart_tiny.yaml] [--new 64,256,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from _common import generated_model
+
+from cartspec.runtime.decode import Decoding, Sampling, decode
+
+
+def tokens_per_s(model, prompt: list[int], new: int, vocab: int, window: int, cache: bool) -> float:
+    t0 = time.perf_counter()
+    found = decode(
+        model,
+        prompt,
+        new,
+        window=window,
+        vocab=vocab,
+        stop=None,
+        sampling=Sampling(temperature=0),
+        decoding=Decoding(cache=cache),
+    )
+    assert len(found.ids) == new
+    return new / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spec", default="specs/tiny/cart_tiny.yaml")
+    p.add_argument("--new", default="64,256,1024", help="new-token counts, comma-separated")
+    p.add_argument("--prompt", type=int, default=16, help="prompt length in tokens")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (decoding one token is latency-bound)"
+    )
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    counts = [int(n) for n in args.new.split(",")]
+    window = args.prompt + max(counts)
+    resolved, model = generated_model(args.spec, [f"model.max_seq_len={window}"])
+    model.eval()
+    vocab = resolved.spec.model.vocab_size
+    prompt = torch.randint(0, vocab, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    print(
+        f"{resolved.spec.name}, prompt {args.prompt} tokens, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(f"{'new tokens':>10} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speed-up':>9}")
+    for new in counts:
+        cached = tokens_per_s(model, prompt, new, vocab, window, cache=True)
+        full = tokens_per_s(model, prompt, new, vocab, window, cache=False)
+        print(f"{new:>10} {cached:>12.1f} {full:>15.1f} {cached / full:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

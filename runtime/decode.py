@@ -1,0 +1,95 @@
+"""Autoregressive decoding of a generated model: greedy or sampled (temperature, top-k, top-p),
+with the model's KV cache or by re-running the whole window (``--no-cache``), and, for a loop
+that can stop early, the mean number of loops each token used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked from the logits."""
+
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = 50
+    top_p: float | None = None  # nucleus: the fewest tokens whose probability reaches top_p
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the model runs for each new token."""
+
+    loops: int | None = None  # None: the model's own R (and no loop argument for a dense model)
+    cache: bool = True
+    exit_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    ids: list[int]  # the new tokens
+    loops_per_token: float | None  # mean loops run per decoding step, when the loop can exit early
+
+
+def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """The next token from one position's logits."""
+    logits = logits.float()
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.numel():
+        cutoff = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < cutoff, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        ordered, order = probs.sort(descending=True)
+        before = ordered.cumsum(0) - ordered  # probability of the tokens ranked above each one
+        probs = probs.scatter(0, order, ordered.masked_fill(before >= sampling.top_p, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def decode(
+    model: nn.Module,
+    prompt: list[int],
+    max_new_tokens: int,
+    *,
+    window: int,
+    vocab: int,
+    stop: int | None,
+    sampling: Sampling,
+    decoding: Decoding,
+    on_token: Callable[[int], None] = lambda _: None,
+) -> Decoded:
+    """Continue ``prompt`` token by token; the context is the last ``window`` tokens, as in training.
+
+    With the cache each step feeds only the new token; once the context fills the window, the
+    window slides and each step re-reads it, exactly as decoding without a cache does.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    loops = {} if decoding.loops is None else {"loops": decoding.loops}
+    exit_early = {} if decoding.exit_threshold is None else {"exit_threshold": decoding.exit_threshold}
+    ids, new = list(prompt), []
+    cache, fed, used = None, 0, []  # the cache holds the keys of ids[:fed]
+    for _ in range(max_new_tokens):
+        context = ids[-window:]
+        if decoding.cache and (cache is None or len(ids) > window):  # start, or slide the window
+            cache, fed = model.new_cache(**loops), len(ids) - len(context)
+        step = ids[fed:] if decoding.cache else context
+        logits, _ = model(torch.tensor([step], device=device), cache=cache, **loops, **exit_early)
+        if cache is not None:
+            fed = len(ids)
+            used += cache.loops_used[-1:] if exit_early else []
+        token = pick(logits[0, -1, :vocab], sampling, generator)
+        if token == stop:
+            break
+        ids.append(token)
+        new.append(token)
+        on_token(token)
+    return Decoded(new, sum(used) / len(used) if used else None)
