@@ -17,9 +17,10 @@ formulas (:mod:`cartspec.components`); this module only sums them (docs/accounti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from cartspec.graph import ModelGraph
+from cartspec.schedule import schedule
 
 EMBEDDING_KINDS = ("embedding", "head")
 
@@ -52,6 +53,28 @@ class Flops:
 
 
 @dataclass(frozen=True)
+class DepthCost:
+    """What a sampled training depth costs: loops run without gradients cost a forward pass,
+    loops with gradients forward and backward; per-sequence depths cost the batch's longest."""
+
+    kind: str
+    per: str
+    backprop: int | None
+    mean_depth: float
+    max_depth: int
+    train_per_token_expected: float  # training FLOPs per token, expected over the draws
+    train_per_token_max: float  # ... at the deepest draw
+    effective_mean: float  # unrolled parameters at the mean depth (the peers' "will unfold to")
+    effective_max: int  # ... at the deepest draw ("could unfold to")
+    per_loop_flops: int  # forward FLOPs per sequence that one more loop adds
+    static_flops: int  # forward FLOPs per sequence of everything else
+
+    def train_per_token(self, without: float, with_grad: float, seq_len: int) -> float:
+        """Training FLOPs per token of a step running these loops without and with gradients."""
+        return (3 * self.static_flops + (3 * with_grad + without) * self.per_loop_flops) / seq_len
+
+
+@dataclass(frozen=True)
 class ParamReport:
     name: str
     stored: int
@@ -62,6 +85,7 @@ class ParamReport:
     blocks: list[BlockRow]
     groups: list[GroupRow]
     flops: Flops
+    depth: DepthCost | None  # None: a fixed depth with full backprop (or no loop)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -110,4 +134,32 @@ def account(graph: ModelGraph) -> ParamReport:
             train_per_token=3 * forward / T,
             attention_uses=attention_uses,
         ),
+        depth=_depth_cost(graph, forward, effective),
     )
+
+
+def _depth_cost(graph: ModelGraph, forward: int, effective: int) -> DepthCost | None:
+    """The schedule's cost, from what one loop adds (the uses of loop 0) at the spec's R."""
+    plan = schedule(graph.arch.spec)
+    if plan is None or plan.fixed:
+        return None
+    loop = [graph.groups[u.group] for u in graph.uses if u.loop == 0 and u.call]
+    loop_flops = sum(g.flops for g in loop if not g.loop_control)  # loop control counts once, as the paper's
+    loop_params = sum(g.params for g in loop)
+    R, T = graph.arch.core.loops, graph.arch.model.max_seq_len
+    cost = DepthCost(
+        kind=plan.kind,
+        per=plan.per,
+        backprop=plan.backprop,
+        mean_depth=plan.mean_depth,
+        max_depth=plan.max,
+        train_per_token_expected=0.0,
+        train_per_token_max=0.0,
+        effective_mean=effective + (plan.mean_depth - R) * loop_params,
+        effective_max=effective + (plan.max - R) * loop_params,
+        per_loop_flops=loop_flops,
+        static_flops=forward - R * loop_flops,
+    )
+    expected = cost.train_per_token(*plan.expected_split(graph.arch.spec.train.micro_batch), T)
+    deepest = cost.train_per_token(*plan.split(plan.max), T)
+    return replace(cost, train_per_token_expected=expected, train_per_token_max=deepest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from cartspec.architecture import Architecture, share_members
 from cartspec.errors import Problem, SpecError
 from cartspec.loader import Loaded, Path_
+from cartspec.schedule import default_max
 from cartspec.schema import Spec
 from cartspec.validate import file_order
 
@@ -18,10 +19,11 @@ MAX_TOKENS_PER_STEP = 1 << 24  # micro_batch * seq_len
 
 
 def check_spec(spec: Spec, loaded: Loaded | None = None) -> None:
-    """Sizes and stages; raise one SpecError listing every problem."""
+    """Sizes, stages and the depth schedule; raise one SpecError listing every problem."""
     problems: list[tuple[Path_, str]] = []
     _check_sizes(spec, problems)
     _check_blocks(spec, problems)
+    _check_depth(spec, problems)
     if problems:
         raise _located(problems, loaded)
 
@@ -208,3 +210,35 @@ def _located(problems: list[tuple[Path_, str]], loaded: Loaded | None) -> SpecEr
 
     found = [Problem(where(p), ".".join(str(x) for x in p), msg) for p, msg in problems]
     return SpecError(sorted(found, key=file_order))
+
+
+def _check_depth(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
+    """A sampled depth needs a shared core, and its range must fit the loop table."""
+    d, core = spec.train.depth, spec.blocks.core
+    at: Path_ = ("train", "depth")
+    sampled = d.kind != "fixed" or d.per != "step"
+    if not sampled and d.backprop is None and d.mean is None and d.max is None:
+        return
+    if core is None:
+        problems.append(((*at, "kind"), "a model without a core has no loops to sample or truncate"))
+        return
+    if d.kind == "fixed":
+        for key in ("mean", "max"):
+            if getattr(d, key) is not None:
+                problems.append(
+                    ((*at, key), f"kind fixed runs blocks.core.loops; {key} is for the sampled kinds")
+                )
+    if sampled and not core.shared:
+        problems.append(((*at, "kind"), "an unshared core runs exactly its R blocks; its depth cannot vary"))
+        return
+    if d.kind == "uniform" and d.max is None:
+        problems.append(((*at, "max"), "kind uniform needs max (it draws min..max)"))
+        return
+    if d.kind == "fixed":
+        return
+    top = default_max(spec) if d.max is None else d.max
+    if top < d.min:
+        problems.append(((*at, "max"), f"{top} is below min {d.min}"))
+    table = core.loop_embedding
+    if table is not None and top > table.max_loops:
+        problems.append(((*at, "max"), f"{top} loops exceed the loop table's {table.max_loops} rows"))

@@ -70,6 +70,19 @@ def print_params(report: ParamReport) -> None:
         "[dim]2 x V x d x T, not in the line above[/dim]",
     )
     summary.add_row("train FLOPs / token", f"{f.train_per_token / 1e9:,.3f} G", "[dim]3 x forward / T[/dim]")
+    d = report.depth
+    if d is not None:
+        per = "per sequence" if d.per == "sequence" else "per step"
+        grad = f", gradients through the last {d.backprop}" if d.backprop else ""
+        note = f"[dim]{d.kind} depth {per}, mean {d.mean_depth:.2f}, max {d.max_depth}{grad}[/dim]"
+        summary.add_row("train FLOPs / token (depth)", f"{d.train_per_token_expected / 1e9:,.3f} G", note)
+        summary.add_row("  at the deepest draw", f"{d.train_per_token_max / 1e9:,.3f} G", "")
+        summary.add_row(
+            "effective at mean depth", f"{d.effective_mean:,.0f}", "[dim]unrolled: will unfold to[/dim]"
+        )
+        summary.add_row(
+            "effective at max depth", f"{d.effective_max:,}", "[dim]unrolled: could unfold to[/dim]"
+        )
     console.print(summary)
 
 

@@ -178,6 +178,39 @@ class Checkpointing(Strict):
     keep: int = Field(3, ge=1, le=1000, description="How many recent checkpoints are kept.")
 
 
+class Depth(Strict):
+    """How many loops each training step runs: a fixed R, or a depth drawn at every step (or for
+    every sequence), with gradients through only the last loops (truncated backprop)."""
+
+    kind: Literal["fixed", "uniform", "poisson", "poisson_lognormal"] = Field(
+        "fixed",
+        description="fixed: blocks.core.loops; uniform: min..max; poisson: Poisson(mean); "
+        "poisson_lognormal: Poisson(LogNormal(ln(mean) - sigma^2/2, sigma)) + 1 (Huginn). Clipped to min..max.",
+    )
+    mean: float | None = Field(
+        None, gt=0, le=4096, description="Mean of poisson and poisson_lognormal; default blocks.core.loops."
+    )
+    sigma: float = Field(0.5, gt=0, le=4, description="The lognormal's sigma (poisson_lognormal).")
+    min: int = Field(1, ge=1, le=4096, description="Fewest loops a draw gives.")
+    max: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Most loops a draw gives; default the loop table's rows, else 2 x mean (rounded up).",
+    )
+    per: Literal["step", "sequence"] = Field(
+        "step",
+        description="step: one depth for the whole batch (every rank alike); sequence: one per sequence, "
+        "finished sequences keep their state while the batch runs to its longest (Parcae).",
+    )
+    backprop: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Only the last backprop loops carry gradients; earlier loops run without (null: all).",
+    )
+
+
 class Train(Strict):
     """The training recipe the runtime follows."""
 
@@ -211,6 +244,7 @@ class Train(Strict):
     eval: Eval = Field(default_factory=Eval, description="Validation.")
     checkpoint: Checkpointing = Field(default_factory=Checkpointing, description="Checkpoints.")
     log_interval: int = Field(10, ge=1, le=10_000_000, description="Steps between metric lines.")
+    depth: Depth = Field(default_factory=Depth, description="Loop count per step: fixed or sampled.")
 
     @field_validator("compile", mode="before")
     @classmethod

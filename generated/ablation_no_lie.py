@@ -275,6 +275,28 @@ class CoreBlock(nn.Module):
         return h + self.ffn(self.ffn_norm(h))
 
 
+def loop_plan(loops: int, grad_loops: int | None, depths: torch.Tensor | None) -> list[tuple]:
+    """The loop's iterations as (loop index, sequences still running or None, with gradients).
+
+    Every sequence runs `loops` loops, or, given per-sequence `depths`, its own count, keeping its
+    state once that is reached (the batch computes as many loops as its longest sequence). With
+    `grad_loops`, only each sequence's last loops keep gradients: the loops before them run first,
+    without gradients, then the batch runs the loops with gradients.
+    """
+    tail = loops if grad_loops is None else min(grad_loops, loops)
+    if depths is None:
+        return [(r, None, r >= loops - tail) for r in range(loops)]
+    with_grad = depths.clamp(max=tail)
+    without = depths - with_grad
+    plan = [(r, r < without, False) for r in range(int(without.max()))]
+    return plan + [(without + j, j < with_grad, True) for j in range(int(with_grad.max()))]
+
+
+def hold(running: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` for the sequences still running their loops, ``old`` for those whose count is reached."""
+    return new if running is None else torch.where(running[:, None, None], new, old)
+
+
 class LTIGate(nn.Module):
     """CART's "LTI gate": h = sigmoid(a) * h_in + out, with a per-channel decay sigmoid(a)."""
 
@@ -358,17 +380,27 @@ class AblationNoLie(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         loops: int | None = None,
+        grad_loops: int | None = None,
+        depths: torch.Tensor | None = None,
         cache: KVCache | None = None,
         exit_threshold: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R; with a
-        `cache`, idx holds only the tokens after the cached ones, and `exit_threshold` ends the loop
-        once a loop changes the state by less than that fraction of its norm."""
+        """Logits [B, T, vocab] and, given targets, the mean cross-entropy.
+
+        `loops` overrides R; `depths` [B] gives each sequence its own loop count; `grad_loops` keeps
+        gradients for only the last loops of each sequence. With a `cache`, idx holds only the tokens
+        after the cached ones, and `exit_threshold` ends the loop once a loop changes the state by
+        less than that fraction of its norm.
+        """
+        if depths is not None:  # per-sequence loop counts: compute follows the longest
+            loops = int(depths.max())
         loops = self.config.loops if loops is None else loops
         if loops < 1:
             raise ValueError(f"loops must be at least 1; got {loops}")
         if exit_threshold is not None and cache is None:
             raise ValueError("early exit decodes token by token: pass a cache")
+        if grad_loops is not None and grad_loops < 1:
+            raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
         x = self.embedding(idx)
         for i, layer in enumerate(self.prelude):
@@ -378,17 +410,20 @@ class AblationNoLie(nn.Module):
         if cache is not None:
             k, v = cache.anchor.extend(k, v)  # earlier positions' K, V come from the cache
         states = [e] * 3  # the blend's buffer starts as copies of e
-        for r in range(loops):
-            h_prev = states[0]
-            h_in = self.state_mix(states)
-            if self.checkpoint_loops and torch.is_grad_enabled():
-                h = checkpoint(self.loop_step, h_in, k, v, use_reentrant=False)
-            else:
-                h = self.loop_step(h_in, k, v)
-            states = [h, *states[:-1]]  # newest first
-            if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():
-                loops = r + 1  # the state has settled: later loops would barely move it
-                break
+        grad = torch.is_grad_enabled()
+        for r, running, with_grad in loop_plan(loops, grad_loops, depths):
+            with torch.set_grad_enabled(grad and with_grad):
+                h_prev = states[0]
+                h_in = self.state_mix(states)
+                if self.checkpoint_loops and torch.is_grad_enabled():
+                    h = checkpoint(self.loop_step, h_in, k, v, use_reentrant=False)
+                else:
+                    h = self.loop_step(h_in, k, v)
+                shifted = [h, *states[:-1]]  # newest first
+                states = [hold(running, new, old) for new, old in zip(shifted, states, strict=True)]
+                if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():
+                    loops = r + 1  # the state has settled: later loops would barely move it
+                    break
         if cache is not None:
             cache.loops_used.append(loops)
         x = states[0]

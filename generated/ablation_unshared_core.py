@@ -277,6 +277,28 @@ class CoreBlock(nn.Module):
         return h + self.ffn(self.ffn_norm(h))
 
 
+def loop_plan(loops: int, grad_loops: int | None, depths: torch.Tensor | None) -> list[tuple]:
+    """The loop's iterations as (loop index, sequences still running or None, with gradients).
+
+    Every sequence runs `loops` loops, or, given per-sequence `depths`, its own count, keeping its
+    state once that is reached (the batch computes as many loops as its longest sequence). With
+    `grad_loops`, only each sequence's last loops keep gradients: the loops before them run first,
+    without gradients, then the batch runs the loops with gradients.
+    """
+    tail = loops if grad_loops is None else min(grad_loops, loops)
+    if depths is None:
+        return [(r, None, r >= loops - tail) for r in range(loops)]
+    with_grad = depths.clamp(max=tail)
+    without = depths - with_grad
+    plan = [(r, r < without, False) for r in range(int(without.max()))]
+    return plan + [(without + j, j < with_grad, True) for j in range(int(with_grad.max()))]
+
+
+def hold(running: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` for the sequences still running their loops, ``old`` for those whose count is reached."""
+    return new if running is None else torch.where(running[:, None, None], new, old)
+
+
 class LTIGate(nn.Module):
     """CART's "LTI gate": h = sigmoid(a) * h_in + out, with a per-channel decay sigmoid(a)."""
 
@@ -327,8 +349,10 @@ class LoopEmbedding(nn.Module):
         self.table[:, 0::2] = torch.sin(position * freq)
         self.table[:, 1::2] = torch.cos(position * freq)
 
-    def forward(self, r: int) -> torch.Tensor:
-        return self.proj(self.table[r])
+    def forward(self, r: int | torch.Tensor) -> torch.Tensor:
+        """Row r, projected; one row per sequence (r of shape [B]) comes back as [B, 1, d_model]."""
+        row = self.proj(self.table[r])
+        return row if row.dim() == 1 else row.unsqueeze(1)
 
 
 class AblationUnsharedCore(nn.Module):
@@ -382,17 +406,27 @@ class AblationUnsharedCore(nn.Module):
         targets: torch.Tensor | None = None,
         *,
         loops: int | None = None,
+        grad_loops: int | None = None,
+        depths: torch.Tensor | None = None,
         cache: KVCache | None = None,
         exit_threshold: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab] and, given targets, the mean cross-entropy. `loops` overrides R; with a
-        `cache`, idx holds only the tokens after the cached ones, and `exit_threshold` ends the loop
-        once a loop changes the state by less than that fraction of its norm."""
+        """Logits [B, T, vocab] and, given targets, the mean cross-entropy.
+
+        `loops` overrides R; `depths` [B] gives each sequence its own loop count; `grad_loops` keeps
+        gradients for only the last loops of each sequence. With a `cache`, idx holds only the tokens
+        after the cached ones, and `exit_threshold` ends the loop once a loop changes the state by
+        less than that fraction of its norm.
+        """
+        if depths is not None:  # per-sequence loop counts: compute follows the longest
+            loops = int(depths.max())
         loops = self.config.loops if loops is None else loops
         if loops != self.config.loops:
             raise ValueError(f"an unshared core has exactly {self.config.loops} blocks; got loops={loops}")
         if exit_threshold is not None and cache is None:
             raise ValueError("early exit decodes token by token: pass a cache")
+        if grad_loops is not None and grad_loops < 1:
+            raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
         x = self.embedding(idx)
         for i, layer in enumerate(self.prelude):
@@ -402,17 +436,20 @@ class AblationUnsharedCore(nn.Module):
         if cache is not None:
             k, v = cache.anchor.extend(k, v)  # earlier positions' K, V come from the cache
         states = [e] * 3  # the blend's buffer starts as copies of e
-        for r in range(loops):
-            h_prev = states[0]
-            h_in = self.state_mix(states) + self.loop_embedding(r)
-            if self.checkpoint_loops and torch.is_grad_enabled():
-                h = checkpoint(self.loop_step, self.core[r], h_in, k, v, use_reentrant=False)
-            else:
-                h = self.loop_step(self.core[r], h_in, k, v)
-            states = [h, *states[:-1]]  # newest first
-            if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():
-                loops = r + 1  # the state has settled: later loops would barely move it
-                break
+        grad = torch.is_grad_enabled()
+        for r, running, with_grad in loop_plan(loops, grad_loops, depths):
+            with torch.set_grad_enabled(grad and with_grad):
+                h_prev = states[0]
+                h_in = self.state_mix(states) + self.loop_embedding(r)
+                if self.checkpoint_loops and torch.is_grad_enabled():
+                    h = checkpoint(self.loop_step, self.core[r], h_in, k, v, use_reentrant=False)
+                else:
+                    h = self.loop_step(self.core[r], h_in, k, v)
+                shifted = [h, *states[:-1]]  # newest first
+                states = [hold(running, new, old) for new, old in zip(shifted, states, strict=True)]
+                if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():
+                    loops = r + 1  # the state has settled: later loops would barely move it
+                    break
         if cache is not None:
             cache.loops_used.append(loops)
         x = states[0]

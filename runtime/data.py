@@ -410,6 +410,7 @@ class BatchStream:
         self._windows = tokens[: self.n_windows * (seq_len + 1)].reshape(self.n_windows, -1)
         self.micro_batch, self.rank, self.world_size = micro_batch, rank, world_size
         self.position = 0  # global window position of the next global batch
+        self.last = np.arange(0)  # global window positions of the last batch
 
     @property
     def epoch(self) -> int:
@@ -422,7 +423,8 @@ class BatchStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.position + self.rank * self.micro_batch
         self.position += self.micro_batch * self.world_size
-        return _windows_to_xy(self._windows, np.arange(start, start + self.micro_batch))
+        self.last = np.arange(start, start + self.micro_batch)  # global positions: keys of per-sequence draws
+        return _windows_to_xy(self._windows, self.last)
 
     def state_dict(self) -> dict[str, int]:
         """Position for a bit-exact resume (valid across changes of batch size or world size)."""

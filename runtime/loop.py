@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,12 +22,14 @@ from cartspec.errors import UserError
 from cartspec.resolve import Resolved
 from cartspec.runtime import checkpoint, distributed, rundir
 from cartspec.runtime.data import BatchStream, TokenSplits, default_cache_dir, prepare_data, val_batches
+from cartspec.runtime.depth import DepthDraws
 from cartspec.runtime.device import autocast, machine, pick_device
 from cartspec.runtime.evaluate import evaluate
 from cartspec.runtime.generated import compiled_module
 from cartspec.runtime.optim import build_optimizer, lr_at
 from cartspec.runtime.tokenizer import Tokenizer
 from cartspec.runtime.torch_compile import compile_model
+from cartspec.schedule import schedule
 
 
 class TrainingDiverged(Exception):
@@ -75,6 +78,7 @@ class _Run:
     val: list[tuple[torch.Tensor, torch.Tensor]]
     accum: int  # micro-batches per step on this rank
     state: dict[str, Any]  # what every checkpoint records beside the weights
+    depth: DepthDraws | None  # None: every step runs the spec's R loops with full backprop
 
 
 def train(resolved: Resolved, options: Options = Options()) -> Summary:
@@ -129,16 +133,23 @@ def _steps(
     tokens_per_step = run.resolved.spec.tokens_per_step
     loss, val_loss = float("nan"), None
     window_step, window_time = start, time.perf_counter()
+    depths: list[dict[str, Any]] = []  # each step's drawn depth since the last metrics line
     for step in range(start, stop):
-        loss, lr, grad_norm = _step(run, step)
+        loss, lr, grad_norm, drawn = _step(run, step)
+        depths += [drawn] if drawn else []
         done = step + 1
         tokens_per_s = tokens_per_step * (done - window_step) / max(time.perf_counter() - window_time, 1e-9)
         progress.update(done, loss, tokens_per_s)
         stats = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+        if depths:  # the loops each step computed, and the mean depth its sequences drew
+            stats["depths"] = [d["depth"] for d in depths]
+            stats["depth_mean"] = sum(d["depth_mean"] for d in depths) / len(depths)
         logged, evaluated = _log_evaluate_checkpoint(run, metrics, done, stop, stats)
         val_loss = evaluated if evaluated is not None else val_loss
         if logged:  # throughput windows leave out evaluation and checkpoint time
             window_step, window_time = done, time.perf_counter()
+        if done % run.resolved.spec.train.log_interval == 0:  # the depths went into that line
+            depths = []
     return loss, val_loss
 
 
@@ -219,7 +230,11 @@ def _build_run(
     stream = BatchStream(splits.train, spec.seq_len, micro_batch, world.rank, world.size)
     val = val_batches(splits.val, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
     ctx = autocast(spec, device)
-    return _Run(resolved, run_dir, world, device, ctx, model, compiled, optimizer, stream, val, accum, state)
+    plan = schedule(spec)
+    depth = DepthDraws(plan, t.seed) if plan is not None and not plan.fixed else None
+    return _Run(
+        resolved, run_dir, world, device, ctx, model, compiled, optimizer, stream, val, accum, state, depth
+    )
 
 
 def _write_run_files(run: _Run, tokenizer: Tokenizer | None) -> None:
@@ -232,19 +247,22 @@ def _write_run_files(run: _Run, tokenizer: Tokenizer | None) -> None:
 # ----------------------------------------------------------------------------- each step
 
 
-def _step(run: _Run, step: int) -> tuple[float, float, float]:
-    """One optimizer step over the global batch: its mean loss, learning rate and gradient norm."""
+def _step(run: _Run, step: int) -> tuple[float, float, float, dict[str, Any]]:
+    """One optimizer step over the global batch: its mean loss, learning rate, gradient norm and
+    the depth it was drawn to run (empty for a fixed depth)."""
     t = run.resolved.spec.train
     lr = lr_at(step, t)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    drawn = _depth_record(run, step)
     loss_sum = 0.0
     for micro in range(run.accum):
         x, y = next(run.stream)
+        loops = {} if run.depth is None else run.depth.model_args(step, run.stream.last, run.device)
         with distributed.gradient_sync(run.model, micro == run.accum - 1):
             with run.ctx:
                 _, loss = run.compiled(
-                    x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+                    x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True), **loops
                 )
             (loss / run.accum).backward()
         loss_sum += loss.item()
@@ -257,7 +275,16 @@ def _step(run: _Run, step: int) -> tuple[float, float, float]:
     grad_norm = _clip(run.model, t.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_value, lr, grad_norm
+    return loss_value, lr, grad_norm, drawn
+
+
+def _depth_record(run: _Run, step: int) -> dict[str, Any]:
+    """The loops a step computes and its mean depth, over the whole global batch (rank-independent)."""
+    if run.depth is None:
+        return {}
+    n = run.accum * run.stream.micro_batch * run.world.size
+    loops, mean = run.depth.record(step, run.stream.position + np.arange(n))
+    return {"depth": loops, "depth_mean": mean}
 
 
 def _log_evaluate_checkpoint(

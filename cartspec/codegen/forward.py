@@ -54,7 +54,11 @@ def _cache_context(arch: Architecture) -> dict:
 def _loop_checks(arch: Architecture) -> dict:
     """The ``loops`` override's bounds: an unshared core has exactly R blocks, a loop table R rows."""
     c = arch.core
-    lines = ["loops = self.config.loops if loops is None else loops"]
+    lines = [
+        "if depths is not None:  # per-sequence loop counts: compute follows the longest",
+        "    loops = int(depths.max())",
+        "loops = self.config.loops if loops is None else loops",
+    ]
     if not c.shared:
         lines += [
             "if loops != self.config.loops:",
@@ -77,7 +81,11 @@ def _loop_checks(arch: Architecture) -> dict:
             "if exit_threshold is not None:",
             '    raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")',
         ]
-    lines.append("start = 0 if cache is None else cache.advance(idx.size(1), loops)")
+    lines += [
+        "if grad_loops is not None and grad_loops < 1:",
+        '    raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")',
+        "start = 0 if cache is None else cache.advance(idx.size(1), loops)",
+    ]
     return {"loops_check": lines}
 
 
@@ -114,38 +122,48 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         lines.append(f"states = [e] * {c.state_mix.taps}  # the blend's buffer starts as copies of e")
     else:
         lines.append("h = e")
-    lines.append("for r in range(loops):")
-    lines.append("    h_prev = states[0]" if c.state_mix is not None else "    h_prev = h")
+    body = ["h_prev = states[0]" if c.state_mix is not None else "h_prev = h"]
     h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
     h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
-    lines.append(f"    h_in = {h_in}")
+    body.append(f"h_in = {h_in}")
     if core["unfrozen"]:
-        lines += [
-            "    k, v = self.anchor(h_in)  # unfrozen: K, V recomputed from each loop's input",
-            "    if cache is not None:",
-            "        k, v = cache.anchor[r].extend(k, v)",
+        body += [
+            "k, v = self.anchor(h_in)  # unfrozen: K, V recomputed from each loop's input",
+            "if cache is not None:",
+            "    k, v = cache.anchor[r].extend(k, v)",
         ]
     own = "" if c.shared else "self.core[r], "
     if cached_core:
-        lines += [
-            "    if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:",
-            f"        h = checkpoint(self.loop_step, {own}h_in, use_reentrant=False)",
-            "    else:",
-            f"        h = self.loop_step({own}h_in, None if cache is None else cache.core[r], start)",
+        body += [
+            "if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:",
+            f"    h = checkpoint(self.loop_step, {own}h_in, use_reentrant=False)",
+            "else:",
+            f"    h = self.loop_step({own}h_in, None if cache is None else cache.core[r], start)",
         ]
     else:
-        lines += [
-            "    if self.checkpoint_loops and torch.is_grad_enabled():",
-            f"        h = checkpoint(self.loop_step, {own}h_in, k, v, use_reentrant=False)",
-            "    else:",
-            f"        h = self.loop_step({own}h_in, k, v)",
+        body += [
+            "if self.checkpoint_loops and torch.is_grad_enabled():",
+            f"    h = checkpoint(self.loop_step, {own}h_in, k, v, use_reentrant=False)",
+            "else:",
+            f"    h = self.loop_step({own}h_in, k, v)",
         ]
     if c.state_mix is not None:
-        lines.append("    states = [h, *states[:-1]]  # newest first")
+        body += [
+            "shifted = [h, *states[:-1]]  # newest first",
+            "states = [hold(running, new, old) for new, old in zip(shifted, states, strict=True)]",
+        ]
+    else:
+        body.append("h = hold(running, h, h_prev)")
+    body += [
+        "if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():",
+        "    loops = r + 1  # the state has settled: later loops would barely move it",
+        "    break",
+    ]
     lines += [
-        "    if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():",
-        "        loops = r + 1  # the state has settled: later loops would barely move it",
-        "        break",
+        "grad = torch.is_grad_enabled()",
+        "for r, running, with_grad in loop_plan(loops, grad_loops, depths):",
+        "    with torch.set_grad_enabled(grad and with_grad):",
+        *(f"        {line}" for line in body),
         "if cache is not None:",
         "    cache.loops_used.append(loops)",
         "x = states[0]" if c.state_mix is not None else "x = h",
