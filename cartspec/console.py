@@ -177,12 +177,16 @@ def print_loop_rows(spec, rows) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    trained = spec.blocks.core.loops if spec.blocks.core else None
-    title = f"trained at R={trained}" if trained is not None else "no loop"
+    core, depth = spec.blocks.core, spec.train.depth
+    trained = core.loops if core else None
+    title = "no loop" if core is None else f"trained at R={trained}"
+    if core is not None and depth.kind != "fixed":
+        title = f"trained at {depth.kind} depths (per {depth.per})"
     table = Table(title=f"{spec.name}: validation by loop count ({title})", title_justify="left")
-    for col in ("loops", "val loss", "val ppl"):
+    for col in ("loops", "val loss", "val ppl", "trained share"):
         table.add_column(col, justify="right")
     for r in rows:
         loops = "–" if r.loops is None else f"{r.loops}{' *' if r.loops == trained else ''}"
-        table.add_row(loops, f"{r.val_loss:.4f}", f"{r.val_ppl:.2f}")
+        share = "–" if r.trained_share is None else f"{r.trained_share:.1%}"
+        table.add_row(loops, f"{r.val_loss:.4f}", f"{r.val_ppl:.2f}", share)
     Console().print(table)

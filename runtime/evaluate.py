@@ -28,6 +28,7 @@ from cartspec.runtime.decode import Decoding, Sampling, decode
 from cartspec.runtime.device import autocast, pick_device
 from cartspec.runtime.tokenizer import Tokenizer
 from cartspec.runtime.trained import load_run
+from cartspec.schedule import schedule
 from cartspec.schema import Spec
 
 
@@ -67,6 +68,7 @@ class LoopRow:
     loops: int | None  # None: a model without a loop
     val_loss: float
     val_ppl: float
+    trained_share: float | None  # how often training ran this loop count (1 at R for a fixed depth)
 
 
 def _validation_tokens(spec: Spec, tokenizer: Tokenizer | None, data: str | None) -> np.ndarray:
@@ -104,13 +106,15 @@ def evaluate_loops(
     tokens = _validation_tokens(spec, run.tokenizer, data)
     t = spec.train
     batches = val_batches(tokens, spec.seq_len, math.ceil(t.eval.batches / t.micro_batch), t.micro_batch)
+    plan = schedule(spec)
+    trained = plan.pmf() if plan is not None else None  # the depths training drew, for comparison
     rows = []
     for n in counts:
         try:
             loss = evaluate(run.model, batches, dev, autocast(spec, dev), loops=n)
         except ValueError as e:  # the generated model's own check (table too short, unshared core)
             raise UserError(f"--loops {n}: {e}") from None
-        rows.append(LoopRow(n, loss, math.exp(min(loss, 50))))
+        rows.append(LoopRow(n, loss, math.exp(min(loss, 50)), trained.get(n, 0.0) if trained else None))
     return spec, rows
 
 

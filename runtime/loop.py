@@ -94,6 +94,11 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
 def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
     spec, t = resolved.spec, resolved.spec.train
     batch = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)  # before any work
+    if t.depth.per == "sequence" and t.parallel == "fsdp" and world.size > 1:
+        raise UserError(  # FSDP gathers a block's weights on every rank at each call, together
+            "train.depth.per: sequence runs each rank's own loop count; under FSDP every rank must run "
+            "the same blocks: use train.parallel: ddp, or train.depth.per: step"
+        )
     run_dir = _open_run_dir(rundir.run_dir_for(resolved, options.out))
     resume_from = _resume_path(run_dir, options.resume, announce=world.is_main)
     cache_dir = options.cache_dir or default_cache_dir()

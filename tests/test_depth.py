@@ -198,3 +198,13 @@ def test_a_sampled_depth_run_records_its_depths_and_resumes_exactly(corpus, tmp_
     depths = [d for r in whole for d in r.get("depths", [])]
     assert len(depths) == 12 and all(1 <= d <= 16 for d in depths)
     assert len(set(depths)) > 1  # drawn, not fixed
+
+
+def test_eval_shows_the_depths_a_sampled_run_was_trained_at(corpus, tmp_path, cli):
+    run(corpus, tmp_path / "run", tmp_path / "cache")
+    rc, out, err = cli("eval", str(tmp_path / "run"), "--loops", "1,4,16", "--json")
+    assert rc == 0, err
+    shares = {r["loops"]: r["trained_share"] for r in json.loads(out)["rows"]}
+    expected = schedule(resolve(CART_TINY, list(HUGINN)).spec).pmf()
+    assert shares == pytest.approx({n: expected[n] for n in (1, 4, 16)})
+    assert 0 < shares[4] < 1

@@ -48,6 +48,13 @@ CASES = {
     "ddp": [],
     # sharded, with a sharing group (one FSDP unit reachable by two names) and a split micro-batch
     "fsdp": ["train.parallel=fsdp", SHARED_ENDS, "train.micro_batch=4", "train.grad_accum=1"],
+    # per-sequence depths keyed by window position: each rank draws its own sequences' depths
+    "ddp_sampled_depth": [
+        "train.depth.kind=poisson_lognormal",
+        "train.depth.mean=4",
+        "train.depth.backprop=2",
+        "train.depth.per=sequence",
+    ],
 }
 
 
