@@ -11,6 +11,7 @@ on what the model has learned.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -51,9 +52,11 @@ def main() -> None:
     model.eval()
     vocab = resolved.spec.model.vocab_size
     prompt = torch.randint(0, vocab, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
-        f"{resolved.spec.name}, prompt {args.prompt} tokens, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{resolved.spec.name}, prompt {args.prompt} tokens, torch {torch.__version__}, {args.threads} threads"
     )
+    print(f"machine load average (1, 5, 15 min): {load}")
     print(f"{'new tokens':>10} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speed-up':>9}")
     for new in counts:
         cached = tokens_per_s(model, prompt, new, vocab, window, cache=True)

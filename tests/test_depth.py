@@ -208,3 +208,38 @@ def test_eval_shows_the_depths_a_sampled_run_was_trained_at(corpus, tmp_path, cl
     expected = schedule(resolve(CART_TINY, list(HUGINN)).spec).pmf()
     assert shares == pytest.approx({n: expected[n] for n in (1, 4, 16)})
     assert 0 < shares[4] < 1
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.depth.kind=uniform"], "train.depth.max: kind uniform needs max"),
+        (
+            ["train.depth.kind=poisson", "train.depth.max=40"],
+            "train.depth.max: 40 loops exceed the loop table's 16",
+        ),
+        (
+            ["train.depth.kind=poisson", "train.depth.min=9", "train.depth.max=8"],
+            "train.depth.max: 8 is below min 9",
+        ),
+        (["train.depth.mean=3"], "train.depth.mean: kind fixed runs blocks.core.loops"),
+        (
+            ["train.depth.kind=poisson", "blocks.core.shared=false"],
+            "an unshared core runs exactly its R blocks",
+        ),
+        (["train.depth.kind=gaussian"], "train.depth.kind: input should be"),
+        (["train.depth.backprop=0"], "train.depth.backprop: input should be greater than or equal to 1"),
+        (["train.depth.per=token"], "train.depth.per: input should be 'step' or 'sequence'"),
+    ],
+)
+def test_a_bad_depth_recipe_is_one_located_line(cli, sets, message):
+    rc, out, err = cli("validate", str(CART_TINY), *[f"--set={s}" for s in sets])
+    assert rc == 2, (out, err)
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_dense_model_has_no_depth_to_sample(cli):
+    dense = CART_TINY.parent / "dense_tiny.yaml"
+    rc, _, err = cli("validate", str(dense), "--set=train.depth.backprop=2")
+    assert rc == 2 and "a model without a core has no loops to sample or truncate" in err
