@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cartspec.errors import UserError
+from cartspec.files import Unreadable, read_bounded
 from cartspec.runtime.atomic import atomic_writer, write_atomic
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def load_documents(source: str) -> list[str]:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
             docs = [doc for f in files for doc in _file_documents(f)]
-        elif path.is_file():
+        elif path.exists():  # a FIFO or a device is refused when read, by name
             docs = _file_documents(path)
         else:
             raise DataError(f"data source not found: {path}")
@@ -106,11 +107,11 @@ def _bible_documents() -> list[str]:
 def _read_text(path: Path) -> str:
     """Read a UTF-8 file, turning OS and decoding failures into one-line DataErrors."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bounded(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not valid UTF-8 (byte {e.start})") from e
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    except Unreadable as e:  # a FIFO or a device would block or never end
+        raise DataError(f"cannot read {path}: {e}") from e
 
 
 def _file_documents(path: Path) -> list[str]:

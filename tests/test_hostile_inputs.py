@@ -1,0 +1,132 @@
+"""Hostile inputs at the compiler's commands: files that are not files (FIFOs, devices, symbolic
+link loops), numbers past Python's digit limit, specs that would exhaust the machine, and files a
+spec has no business reading. Each is one located line and exit code 2, at once."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from cartspec.files import TooLarge, Unreadable, read_bounded
+
+SPEC = """\
+name: hostile
+model: {vocab_size: 40, d_model: 16, max_seq_len: 8, head_dim: 8}
+blocks: {stack: {layers: 1, attention: {kind: mha}}}
+"""
+ONE_LINE = re.compile(r"^[^\n]+: \S[^\n]*$")
+HUGE = "9" * 5000  # past Python's 4300-digit limit for int("...")
+
+
+def refused(result: tuple[int, str, str], *fragments: str) -> str:
+    """Exit code 2, one line on stderr with every fragment, no traceback; the line."""
+    rc, out, err = result
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1 and ONE_LINE.match(lines[0]), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- files that are not files
+
+
+def test_a_fifo_as_a_spec_is_refused_without_blocking(here, run_cli):
+    """A real process with a timeout: on the old code the read blocked until a writer came."""
+    os.mkfifo(here / "spec.yaml")
+    refused(run_cli("validate", "spec.yaml", cwd=here), "spec.yaml: a FIFO, not a regular file")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_a_device_as_a_spec_is_refused_without_reading(here, cli):
+    """/dev/zero reports size 0 and never ends: the old size check passed and the read ran on."""
+    refused(cli("validate", "/dev/zero"), "/dev/zero: a character device, not a regular file")
+
+
+def test_a_fifo_or_device_named_by_extends_is_refused_at_the_extends_key(here, cli):
+    os.mkfifo(here / "base.yaml")
+    (here / "spec.yaml").write_text("extends: base.yaml\n" + SPEC)
+    refused(cli("validate", "spec.yaml"), "spec.yaml:1:1: extends: base.yaml is a FIFO, not a spec file")
+    (here / "spec.yaml").write_text("extends: /dev/zero\n" + SPEC)
+    refused(cli("validate", "spec.yaml"), "spec.yaml:1:1: extends:", "character device")
+
+
+def test_a_symbolic_link_loop_is_named_as_one(here, cli):
+    """It used to read as "no such file", which sends the user looking for a missing file."""
+    os.symlink("b.yaml", here / "a.yaml")
+    os.symlink("a.yaml", here / "b.yaml")
+    refused(cli("validate", "a.yaml"), "a.yaml: a symbolic link loop")
+    (here / "spec.yaml").write_text("extends: a.yaml\n" + SPEC)
+    refused(cli("validate", "spec.yaml"), "extends: a symbolic link loop: a.yaml")
+
+
+def test_read_bounded_reads_what_it_is_given_and_no_more(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert read_bounded(path, 10) == b"x" * 10
+    with pytest.raises(TooLarge) as e:
+        read_bounded(path, 9)
+    assert (e.value.size, e.value.limit) == (10, 9)
+    with pytest.raises(Unreadable, match="is a directory"):
+        read_bounded(tmp_path, 10)
+    with pytest.raises(Unreadable, match="no such file"):
+        read_bounded(tmp_path / "gone", 10)
+
+
+# ----------------------------------------------------------------------------- numbers past the digit limit
+
+
+def test_an_integer_past_the_digit_limit_in_a_spec_is_located(here, cli):
+    (here / "spec.yaml").write_text(SPEC.replace("vocab_size: 40", f"vocab_size: {HUGE}"))
+    line = refused(cli("validate", "spec.yaml"), "spec.yaml:2:21: model.vocab_size: cannot read this value")
+    assert HUGE not in line and "set_int_max_str_digits" not in line
+
+
+def test_an_integer_past_the_digit_limit_in_a_set_is_located(here, cli):
+    (here / "spec.yaml").write_text(SPEC)
+    line = refused(cli("validate", "spec.yaml", "--set", f"model.d_model={HUGE}"), "cannot read this value")
+    assert line.startswith("--set model.d_model=999") and len(line) < 300
+
+
+def test_a_date_that_does_not_exist_is_located(here, cli):
+    (here / "spec.yaml").write_text(SPEC + "description: 2026-02-30\n")
+    refused(cli("validate", "spec.yaml"), "spec.yaml:4:14: description: cannot read this value")
+
+
+# ----------------------------------------------------------------------------- what a spec may read
+
+
+def test_extends_names_only_spec_files_and_never_echoes_another_file(here, cli):
+    """A key: value file that is not a spec used to be parsed and its keys (and values) quoted
+    back one per line as unknown keys."""
+    (here / "secrets.conf").write_text("api_token: hunter2\npassword: swordfish\n")
+    (here / "spec.yaml").write_text("extends: secrets.conf\n" + SPEC)
+    line = refused(cli("validate", "spec.yaml"), "extends: secrets.conf is not a .yaml or .yml file")
+    assert "api_token" not in line and "hunter2" not in line
+    (here / "spec.yaml").write_text("extends: /etc/passwd\n" + SPEC)
+    refused(cli("validate", "spec.yaml"), "extends: /etc/passwd is not a .yaml or .yml file")
+
+
+def test_extends_may_name_a_spec_anywhere(here, cli):
+    """Relative paths out of the folder and absolute paths stay allowed: shipped specs use them,
+    and a spec file is the user's own input."""
+    (here / "base").mkdir()
+    (here / "base" / "b.yml").write_text(SPEC)
+    (here / "sub").mkdir()
+    (here / "sub" / "spec.yaml").write_text("extends: ../base/b.yml\nname: child\n")
+    rc, out, err = cli("validate", "sub/spec.yaml")
+    assert rc == 0, err
+    (here / "sub" / "spec.yaml").write_text(f"extends: {here / 'base' / 'b.yml'}\nname: child\n")
+    rc, out, err = cli("validate", "sub/spec.yaml")
+    assert rc == 0, err
