@@ -285,7 +285,19 @@ def _loop_counts(text: str | None) -> list[int] | None:
         raise UserError(f"--loops: expected comma-separated integers like 2,4,6, got {text!r}") from None
     if not counts or min(counts) < 1:
         raise UserError(f"--loops: loop counts must be >= 1, got {text!r}")
+    most = _most_loops()
+    if max(counts) > most:  # a model without a loop-embedding table has no bound of its own
+        raise UserError(f"--loops: at most {most} (the most a spec's core.loops allows), got {max(counts)}")
     return counts
+
+
+def _most_loops() -> int:
+    """The schema's upper bound of ``blocks.core.loops``."""
+    from annotated_types import Le
+
+    from cartspec.schema import Core
+
+    return next(m.le for m in Core.model_fields["loops"].metadata if isinstance(m, Le))
 
 
 @app.command("eval")

@@ -13,7 +13,7 @@ from gen_helpers import BYTES_CART_SETS
 from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
-from cartspec.runtime import checkpoint
+from cartspec.runtime import checkpoint, rundir
 from cartspec.runtime.loop import Options, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,3 +335,117 @@ def test_a_corrupt_explicit_checkpoint_is_a_clean_error_in_a_real_process(run_cl
         env={"CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
     )
     assert_clean_error(result, "corrupt")
+
+
+# ----------------------------------------------------------------------------- one run, one line of training
+
+
+def snapshot(run: Path) -> dict[Path, bytes]:
+    """Every file of a run folder with its bytes (the lock file aside), to show nothing changed."""
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != rundir.LOCK}
+
+
+def strict_json(text: str) -> dict:
+    """Parse JSON as other tools do: a bare NaN or Infinity is an error."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_second_training_in_a_run_folder_being_trained_is_refused(cli, sets, run):
+    """Two trainings in one folder used to interleave metrics.jsonl and crash one another."""
+    before = snapshot(run)
+    with rundir.locked(run):  # a training holds the folder
+        result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert_clean_error(result, str(run), "another training is writing to this run directory", "--out")
+    assert snapshot(run) == before
+
+
+def test_until_below_the_resumed_step_is_refused(cli, sets, run):
+    """It used to exit 0 with a NaN loss and a negative throughput."""
+    before = snapshot(run)
+    result = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto", "--until", "5"
+    )
+    assert_clean_error(result, "--until 5", "already at step 20")
+    assert snapshot(run) == before
+    result = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--steps", "15", "--out", str(run), "--resume", "auto"
+    )
+    assert_clean_error(result, "train.steps 15", "already at step 20")
+    assert snapshot(run) == before
+
+
+def test_resuming_a_finished_run_trains_nothing_and_prints_valid_json(cli, sets, run):
+    rc, out, err = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto", "--json"
+    )
+    assert rc == 0, err
+    summary = strict_json(out)
+    last = json.loads((run / "checkpoints/step_0000020/state.json").read_text())["loss"]
+    assert summary["steps"] == 20 and summary["train_loss"] == last
+    assert summary["tokens_per_s"] == 0
+
+
+def test_json_summary_writes_null_for_a_non_finite_number(capsys):
+    from cartspec.console import print_json
+
+    print_json({"train_loss": float("nan"), "rows": [{"val": float("inf")}, 1.5]})
+    assert strict_json(capsys.readouterr().out) == {"train_loss": None, "rows": [{"val": None}, 1.5]}
+
+
+def test_an_empty_resume_value_is_named(cli, sets, run):
+    """It used to read as the current folder: "`.`: not a checkpoint"."""
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "")
+    assert_clean_error(result, "--resume: expected auto or a checkpoint folder, got an empty value")
+
+
+def test_resume_auto_falls_back_past_a_state_json_with_a_wrong_field_type(cli, sets, run):
+    state = run / "checkpoints/step_0000020/state.json"
+    state.write_text(state.read_text().replace('"step": 20', '"step": "20"'))
+    rc, _, err = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert rc == 0, err
+    assert "resuming from step_0000010" in err
+    assert checkpoint.read_state(run / "checkpoints/step_0000020")["step"] == 20  # rewritten whole
+
+
+def test_a_change_of_optimizer_groups_on_resume_is_one_line(cli, sets, run):
+    result = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--set=train.optimizer.decay=matrices",
+        "--out", str(run), "--resume", "auto",
+    )  # fmt: skip
+    assert_clean_error(result, "step_0000020", "parameter groups", "train.optimizer.decay")
+
+
+# ----------------------------------------------------------------------------- model.py is code
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_code_appended_to_model_py_never_runs(cli, run, tmp_path, command):
+    """ARCHITECTURE_SHA256 stays intact when code is appended; the checkpoint's sha256 of the
+    whole file does not, and the file is refused before it is imported."""
+    marker = tmp_path / "RAN"
+    with open(run / "model.py", "a") as f:
+        f.write(f"\nfrom pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    assert_clean_error(
+        cli(command, str(run)), "model.py", "differs from the file its checkpoint was trained with"
+    )
+    assert not marker.exists()
+
+
+def test_a_checkpoint_records_the_sha256_of_the_model_py_it_was_trained_with(trained):
+    state = checkpoint.read_state(trained / "checkpoints/step_0000020")
+    assert state["model_sha256"] == rundir.model_sha256(trained)
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_missing_model_py_is_named(cli, run, command):
+    (run / "model.py").unlink()
+    assert_clean_error(cli(command, str(run)), "no model.py")
+
+
+def test_eval_loops_beyond_any_spec_are_refused_before_loading(cli, run):
+    """cart_tiny has a loop-embedding table; a model without one had no upper bound at all."""
+    assert_clean_error(cli("eval", str(run), "--loops", "1000000"), "--loops", "at most 256")
