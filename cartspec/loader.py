@@ -329,7 +329,7 @@ def load(
     return loaded
 
 
-def _clipped(text: str, width: int = 120) -> str:
+def _clipped(text: str, width: int = 400) -> str:
     """An override as it is quoted in messages: a 5,000-digit value is not echoed whole."""
     return text if len(text) <= width else f"{text[: width - 3]}..."
 
