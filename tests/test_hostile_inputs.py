@@ -177,7 +177,10 @@ def test_a_spec_named_like_a_module_is_refused_and_writes_nothing(here, cli, nam
         ("model.d_model='16'", "model.d_model: input should be a valid integer, got '16'"),
         ("model.d_model=16.0", "model.d_model: input should be a valid integer, got 16.0"),
         ("train.optimizer.lr=.nan", "train.optimizer.lr: expected a finite number, got nan"),
-        ("train.optimizer.weight_decay=-.inf", "train.optimizer.weight_decay: expected a finite number, got -inf"),
+        (
+            "train.optimizer.weight_decay=-.inf",
+            "train.optimizer.weight_decay: expected a finite number, got -inf",
+        ),
         ("train.optimizer.betas=[0.9]", "train.optimizer.betas: too few items: got 1"),
     ],
 )
