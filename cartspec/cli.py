@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -342,7 +343,26 @@ def sample(
     """Text from a trained model, through its own tokenizer."""
     from cartspec.runtime.evaluate import sample as generate
 
+    _check_sample_args(prompt, temperature, seed)
+
     print(generate(run, prompt, max_new_tokens, temperature, top_k, seed, device))
+
+
+MIN_TEMPERATURE = 1e-4  # below it logits / temperature overflow float32 and softmax is NaN
+
+
+def _check_sample_args(prompt: str, temperature: float, seed: int) -> None:
+    """Refuse in one line what would fail deep in the tokenizer or torch with a traceback."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise UserError(f"--prompt: not valid UTF-8 text (at character {e.start})") from None
+    if not math.isfinite(temperature) or 0 < temperature < MIN_TEMPERATURE:
+        raise UserError(
+            f"--temperature: expected 0 (greedy) or a finite value of at least {MIN_TEMPERATURE}, got {temperature}"
+        )
+    if not 0 <= seed < 2**64:
+        raise UserError(f"--seed: expected an integer from 0 to 2^64 - 1, got {seed}")
 
 
 @app.command()

@@ -449,3 +449,18 @@ def test_a_missing_model_py_is_named(cli, run, command):
 def test_eval_loops_beyond_any_spec_are_refused_before_loading(cli, run):
     """cart_tiny has a loop-embedding table; a model without one had no upper bound at all."""
     assert_clean_error(cli("eval", str(run), "--loops", "1000000"), "--loops", "at most 256")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "in the \udcff"], "--prompt: not valid UTF-8 text (at character 7)"),  # argv byte 0xff
+        (["--temperature", "1e-300"], "--temperature: expected 0 (greedy) or a finite value of at least"),
+        (["--temperature", "inf"], "--temperature: expected 0 (greedy)"),
+        (["--seed", str(2**64)], "--seed: expected an integer from 0 to 2^64 - 1"),
+        (["--seed", "-1"], "--seed: expected an integer from 0 to 2^64 - 1"),
+    ],
+)
+def test_sample_arguments_that_torch_would_fail_on_are_one_line(cli, run, args, message):
+    """They used to end in a UnicodeEncodeError, a NaN in multinomial or a seed overflow traceback."""
+    assert_clean_error(cli("sample", str(run), *args, "--max-new-tokens", "3"), message)
