@@ -8,6 +8,7 @@ scalars replace, and ``null`` removes a key (so the schema's default applies aga
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,15 @@ class _SafeLoader(yaml.SafeLoader):
                 None, None, f"nested too deeply (more than {MAX_FLOW_DEPTH} levels)", self.get_mark()
             )
         super().fetch_flow_collection_start(TokenClass)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string because it has no dot; YAML 1.2 and every user read it
+# as a number. With no coercion in the schema, the loader resolves it as the float it is.
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -212,8 +222,12 @@ def _yaml_problem(file: str, e: yaml.YAMLError) -> Problem:
     return Problem(file, "", f"invalid YAML: {printable(str(e).splitlines()[0])}")
 
 
-def read_yaml(path: Path) -> Loaded:
-    """Parse one YAML file (safe loader only) into data plus key positions; no extends."""
+SPEC_KEYS = "name:, model: and blocks:"  # what an empty spec file is told it lacks
+
+
+def read_yaml(path: Path, expected: str = SPEC_KEYS) -> Loaded:
+    """Parse one YAML file (safe loader only) into data plus key positions; no extends.
+    ``expected`` names the keys such a file needs, for the message about an empty one."""
     text = _read_text(path)
     file = display(path)
     try:
@@ -223,9 +237,7 @@ def read_yaml(path: Path) -> Loaded:
     except RecursionError:  # PyYAML composes recursively: [[[[... a few thousand deep
         raise SpecError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
     if node is None:
-        raise SpecError(
-            [Problem(file, "", "empty file, expected a YAML mapping with name:, model: and blocks:")]
-        )
+        raise SpecError([Problem(file, "", f"empty file, expected a YAML mapping with {expected}")])
     if not isinstance(node, yaml.MappingNode):
         raise SpecError([Problem(_mark(file, node), "", "a spec must be a YAML mapping")])
     builder = _Builder(file)

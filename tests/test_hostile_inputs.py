@@ -201,3 +201,31 @@ def test_an_integer_still_reads_as_a_float_and_booleans_stay_booleans(here, cli)
     ]
     rc, out, err = cli("validate", "spec.yaml", *[a for s in sets for a in ("--set", s)])
     assert rc == 0, err
+
+
+# ----------------------------------------------------------------------------- messages that mislead
+
+
+def test_an_empty_sweep_file_is_told_what_a_sweep_needs(here, cli):
+    """It used to be told a spec's keys (name:, model: and blocks:)."""
+    (here / "sweep.yaml").write_text("# nothing yet\n")
+    refused(
+        cli("sweep", "sweep.yaml", "--dry-run"), "sweep.yaml: empty file, expected a YAML mapping with base:"
+    )
+
+
+def test_an_of_typo_in_a_sweep_without_a_grid_lists_base_once(here, cli):
+    (here / "spec.yaml").write_text(SPEC)
+    (here / "sweep.yaml").write_text(
+        "base: spec.yaml\nextra:\n  - {name: other, of: bsae, set: {model.d_model: 32}}\n"
+    )
+    line = refused(cli("sweep", "sweep.yaml", "--dry-run"), "extra.0.of: no config 'bsae' before this entry")
+    assert line.endswith("(have: base)"), line
+
+
+def test_an_exponent_without_a_dot_is_a_number(here, cli):
+    """YAML 1.1 reads 1e-3 as a string; lax validation used to turn it back into a number, which
+    strict validation would not: the loader reads it as the float everyone means."""
+    (here / "spec.yaml").write_text(SPEC + "train: {optimizer: {lr: 1e-3}, schedule: {min_lr: 1E-5}}\n")
+    rc, out, err = cli("params", "spec.yaml", "--set", "train.optimizer.eps=1e-9")
+    assert rc == 0, err
