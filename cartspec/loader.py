@@ -166,7 +166,7 @@ class _Builder:
                         Problem(
                             _mark(self.file, key_node),
                             _dotted(path),
-                            f"key {key!r} is not a string",
+                            f"key {_clipped(repr(key), 80)} is not a string",
                         )
                     )
                     continue
