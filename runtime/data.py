@@ -346,6 +346,21 @@ def load_bin_splits(
     return splits
 
 
+def bin_eval_tokens(source: str, model_vocab: int) -> np.ndarray:
+    """The tokens ``eval --data`` scores from a pre-tokenized source, with the checks training
+    makes: one ``.bin`` file whole, or a token folder's ``val.bin``; every id within the vocab."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        val_path = _find_split_bin(path, "val")
+        if val_path is None:
+            raise DataError(f"{path}: a token folder needs a val.bin to evaluate on")
+        tokens = open_bin(val_path)
+    else:
+        tokens = open_bin(path)
+    _check_ids_below(tokens, model_vocab, source)
+    return tokens
+
+
 def _check_ids_below(tokens: np.ndarray, model_vocab: int, source: str) -> None:
     """Fail early with a clear message instead of a device-side index error in the embedding."""
     chunk = 1 << 24

@@ -464,3 +464,21 @@ def test_eval_loops_beyond_any_spec_are_refused_before_loading(cli, run):
 def test_sample_arguments_that_torch_would_fail_on_are_one_line(cli, run, args, message):
     """They used to end in a UnicodeEncodeError, a NaN in multinomial or a seed overflow traceback."""
     assert_clean_error(cli("sample", str(run), *args, "--max-new-tokens", "3"), message)
+
+
+def test_eval_data_gets_the_checks_train_makes(cli, run, tmp_path):
+    """Ids beyond the vocabulary used to end in an IndexError traceback from the embedding; a
+    token folder was memory-mapped as if it were a file."""
+    import numpy as np
+
+    np.array([1, 2, 299, 5000, 7] * 100, dtype=np.uint16).tofile(tmp_path / "big.bin")
+    assert_clean_error(
+        cli("eval", str(run), "--data", str(tmp_path / "big.bin")), "token id 5000", "vocab of 300"
+    )
+    folder = tmp_path / "tokens"
+    folder.mkdir()
+    np.array([1, 2, 3] * 100, dtype=np.uint16).tofile(folder / "train.bin")
+    assert_clean_error(cli("eval", str(run), "--data", str(folder)), "needs a val.bin")
+    np.array([1, 2, 299, 5, 7] * 100, dtype=np.uint16).tofile(folder / "val.bin")
+    rc, out, err = cli("eval", str(run), "--data", str(folder), "--json")
+    assert rc == 0, err
