@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 BIBLE = "bible"
 TEXT_SUFFIXES = (".txt", ".jsonl")
-_TOKEN_CACHE_VERSION = 1
+_TOKEN_CACHE_VERSION = 2  # 2: each split's sha256 in meta.json
 _ENCODE_CHARS = 1 << 24  # text per tokenizer call: bounds memory on large corpora
 
 
@@ -177,7 +177,8 @@ def prepare_tokens(
     (at least one, about ``val_fraction`` of them) form the validation stream.
 
     The cache lives in ``cache_dir/tokens/<corpus fp>-<tokenizer fp>/``; ``meta.json`` is written
-    last and checked against the file sizes, so a partial or truncated cache is rebuilt.
+    last and holds each split's size and sha256, so a partial, truncated or corrupted cache (even
+    one of the right size) is rebuilt.
     """
     if model_vocab is not None and tokenizer.vocab_size > model_vocab:
         raise DataError(
@@ -230,7 +231,18 @@ def _read_cache_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any] |
         path = folder / f"{split}.bin"
         if not isinstance(n, int) or not path.is_file() or path.stat().st_size != n * itemsize:
             return None
+        if meta.get(f"{split}_sha256") != _file_sha256(path):  # bytes changed, size kept
+            return None
     return meta
+
+
+def _file_sha256(path: Path) -> str:
+    """The sha256 of a token file, read in chunks (a cache can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_token_cache(
@@ -243,25 +255,32 @@ def _write_token_cache(
         (folder / "meta.json").unlink()
     dtype = np.dtype(meta["dtype"])
     split_at = len(documents) - n_val
-    counts = {
-        "train_tokens": _write_split(folder / "train.bin", documents[:split_at], tokenizer, dtype),
-        "val_tokens": _write_split(folder / "val.bin", documents[split_at:], tokenizer, dtype),
-    }
+    counts: dict[str, Any] = {}
+    for split, docs in (("train", documents[:split_at]), ("val", documents[split_at:])):
+        counts[f"{split}_tokens"], counts[f"{split}_sha256"] = _write_split(
+            folder / f"{split}.bin", docs, tokenizer, dtype
+        )
     meta = {**meta, **counts, "vocab_size": tokenizer.vocab_size}
     write_atomic(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 
 
-def _write_split(path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype) -> int:
-    """Stream BOS + ids + EOS of every document into ``path``; returns the token count."""
+def _write_split(
+    path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype
+) -> tuple[int, str]:
+    """Stream BOS + ids + EOS of every document into ``path``; returns the token count and the
+    sha256 of the bytes written."""
     n = 0
+    digest = hashlib.sha256()
     with atomic_writer(path) as f:
         for chunk in _chunks(documents):
             batch = tokenizer.encode_batch(chunk)
             ids = [t for doc in batch for t in (tokenizer.bos_id, *doc, tokenizer.eos_id)]
-            np.asarray(ids, dtype=dtype).tofile(f)
+            data = np.asarray(ids, dtype=dtype).tobytes()
+            f.write(data)
+            digest.update(data)
             n += len(ids)
-    return n
+    return n, digest.hexdigest()
 
 
 def _chunks(documents: Sequence[str]) -> Iterator[list[str]]:
