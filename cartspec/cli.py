@@ -57,8 +57,23 @@ def user_errors(fn):
             for line in lines:
                 print(f"error: {line}" if isinstance(e, UserError) else line, file=sys.stderr)
             raise typer.Exit(2) from None
+        except OSError as e:  # the machine refused: a full disk, a read-only folder, a file in the way
+            if _debug:
+                raise
+            if _is_rank_zero():
+                print(f"error: {os_error_line(e)}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError that reached a command as one line: the file it names, and why."""
+    from cartspec.files import reason
+    from cartspec.loader import printable
+
+    where = printable(str(error.filename)) if error.filename is not None else "cannot continue"
+    return f"{where}: {reason(error)}"
 
 
 def _is_rank_zero() -> bool:

@@ -482,3 +482,15 @@ def test_eval_data_gets_the_checks_train_makes(cli, run, tmp_path):
     np.array([1, 2, 299, 5, 7] * 100, dtype=np.uint16).tofile(folder / "val.bin")
     rc, out, err = cli("eval", str(run), "--data", str(folder), "--json")
     assert rc == 0, err
+
+
+def test_a_full_disk_during_training_is_one_line_naming_the_file(cli, sets, tmp_path, monkeypatch):
+    """The machine refusing a write (full disk, read-only folder) used to end in a traceback."""
+    import errno
+
+    def full(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "metrics.jsonl"))
+
+    monkeypatch.setattr(rundir.Metrics, "write", full)
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(tmp_path / "r"), "--until", "2")
+    assert_clean_error(result, f"{tmp_path / 'r' / 'metrics.jsonl'}: no space left on device")
