@@ -21,10 +21,12 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from cartspec.errors import UserError
+from cartspec.files import Unreadable, read_bounded
 from cartspec.runtime.distributed import is_sharded
 from cartspec.runtime.rundir import checkpoint_dir, checkpoint_name, list_checkpoints
 
 FORMAT = 1
+MAX_STATE_BYTES = 1 << 24  # state.json holds a step, hashes and optimizer hyperparameters
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,11 @@ def _remove(path: Path) -> None:
 def read_state(path: Path) -> dict[str, Any]:
     """The JSON part of a checkpoint; a missing or corrupt one is a UserError naming it."""
     try:
-        state = json.loads((path / "state.json").read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        raise UserError(f"{path}: not a checkpoint (no state.json)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+        state = json.loads(read_bounded(path / "state.json", MAX_STATE_BYTES))
+    except Unreadable as e:  # a FIFO or device in a run folder would block or never end
+        if str(e) in ("no such file", "a folder on its path is a file"):
+            raise UserError(f"{path}: not a checkpoint (no state.json)") from None
+        raise UserError(f"{path}: cannot read the checkpoint ({e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}/state.json: corrupt checkpoint ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:

@@ -43,6 +43,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 MAX_MODEL_BYTES = 1 << 24  # a generated model.py is tens of kB
+MAX_ENV_BYTES = 1 << 20
 
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 _MODEL_SHA256 = re.compile(r'^ARCHITECTURE_SHA256 = "([0-9a-f]{64})"$', re.MULTILINE)
@@ -94,8 +95,8 @@ def locked(run_dir: Path) -> Iterator[None]:
 def _holder(path: Path) -> str:
     """ " (pid 123 on host)" from a held lock file, or "" when it says nothing readable."""
     try:
-        pid, host = path.read_text(encoding="utf-8").split()[:2]
-    except (OSError, UnicodeDecodeError, ValueError):
+        pid, host = read_bounded(path, 1024).decode("utf-8").split()[:2]
+    except (Unreadable, UnicodeDecodeError, ValueError):
         return ""
     return f" (pid {pid} on {host})" if pid.isdigit() and host.isprintable() else ""
 
@@ -188,7 +189,11 @@ def write_env(run_dir: Path, spec_file: Path, machine: dict[str, Any]) -> None:
 def read_env(run_dir: Path) -> dict[str, Any]:
     """``env.json`` as written by :func:`write_env`; empty when the run has none."""
     path = run_dir / ENV
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        env = json.loads(read_bounded(path, MAX_ENV_BYTES))
+    except (Unreadable, ValueError):  # absent, not a file, too large, or not JSON
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl
@@ -222,10 +227,12 @@ class Metrics:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl``, oldest first (a torn line is skipped)."""
     path = run_dir / METRICS
-    if not path.is_file():
+    try:
+        text = read_bounded(path).decode("utf-8", errors="replace")
+    except Unreadable:  # absent, or not a regular file (a FIFO would block)
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:

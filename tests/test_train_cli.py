@@ -494,3 +494,23 @@ def test_a_full_disk_during_training_is_one_line_naming_the_file(cli, sets, tmp_
     monkeypatch.setattr(rundir.Metrics, "write", full)
     result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(tmp_path / "r"), "--until", "2")
     assert_clean_error(result, f"{tmp_path / 'r' / 'metrics.jsonl'}: no space left on device")
+
+
+def test_a_fifo_in_a_run_folder_never_blocks(run_cli, run, cache):
+    """A run folder is untrusted input too: a FIFO as the newest checkpoint's state.json used to
+    block eval forever; it is skipped like any damaged checkpoint. A real process with a timeout."""
+    import os
+
+    state = run / "checkpoints/step_0000020/state.json"
+    state.unlink()
+    os.mkfifo(state)
+    rc, out, err = run_cli(
+        "eval",
+        str(run),
+        "--device",
+        "cpu",
+        "--json",
+        env={"CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
+    )
+    assert rc == 0, err
+    assert json.loads(out)["rows"][0]["loops"] == 4
