@@ -4,7 +4,8 @@ on stderr, whether a traceback appeared and whether it hung (ran past its timeou
 Devices and FIFOs as specs, extends targets, corpora and tokenizer files; integers past Python's
 digit limit; specs whose activations or parameters are past any machine; YAML bombs; a file a spec
 has no business reading; two trainings in one run folder at once; a training killed with SIGKILL
-and resumed; code appended to a run's model.py; an empty results database. Every case must end
+and resumed; code appended to a run's model.py; a FIFO planted in a run folder; token ids beyond
+the vocabulary; an empty results database. Every case must end
 with its expected exit code, no traceback and no hang; the exit code is 1 otherwise.
 
     python bench/hostile_inputs.py                 # about a minute on 2 CPU cores
@@ -232,6 +233,23 @@ def runs(b: Bench) -> None:
     )
     model.write_text(original)
     b.run("sample --seed 2**64", "sample", str(run), "--seed", str(2**64), "--device", "cpu")
+    (b.here / "ids.bin").write_bytes(bytes([1, 0, 2, 0, 0x88, 0x13] * 100))  # uint16 ids, one of them 5000
+    b.run(
+        "eval --data with ids beyond the vocab",
+        "eval",
+        str(run),
+        "--data",
+        str(b.here / "ids.bin"),
+        "--device",
+        "cpu",
+    )
+    state = run / "checkpoints/step_0000020/state.json"
+    saved = state.read_bytes()
+    state.unlink()
+    os.mkfifo(state)
+    b.run("state.json is a FIFO (eval falls back)", "eval", str(run), "--device", "cpu", expected=0)
+    state.unlink()
+    state.write_bytes(saved)
     (b.here / "sweep").mkdir()
     (b.here / "sweep" / "results.db").write_bytes(b"")
     b.run(
