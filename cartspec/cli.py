@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -56,8 +57,23 @@ def user_errors(fn):
             for line in lines:
                 print(f"error: {line}" if isinstance(e, UserError) else line, file=sys.stderr)
             raise typer.Exit(2) from None
+        except OSError as e:  # the machine refused: a full disk, a read-only folder, a file in the way
+            if _debug:
+                raise
+            if _is_rank_zero():
+                print(f"error: {os_error_line(e)}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError that reached a command as one line: the file it names, and why."""
+    from cartspec.files import reason
+    from cartspec.loader import printable
+
+    where = printable(str(error.filename)) if error.filename is not None else "cannot continue"
+    return f"{where}: {reason(error)}"
 
 
 def _is_rank_zero() -> bool:
@@ -285,7 +301,19 @@ def _loop_counts(text: str | None) -> list[int] | None:
         raise UserError(f"--loops: expected comma-separated integers like 2,4,6, got {text!r}") from None
     if not counts or min(counts) < 1:
         raise UserError(f"--loops: loop counts must be >= 1, got {text!r}")
+    most = _most_loops()
+    if max(counts) > most:  # a model without a loop-embedding table has no bound of its own
+        raise UserError(f"--loops: at most {most} (the most a spec's core.loops allows), got {max(counts)}")
     return counts
+
+
+def _most_loops() -> int:
+    """The schema's upper bound of ``blocks.core.loops``."""
+    from annotated_types import Le
+
+    from cartspec.schema import Core
+
+    return next(m.le for m in Core.model_fields["loops"].metadata if isinstance(m, Le))
 
 
 @app.command("eval")
@@ -325,14 +353,10 @@ def sample(
         Path | None, typer.Option("--prompt-file", help="Continue each line of this UTF-8 file in turn.")
     ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=100_000)] = 200,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=100.0)] = 0.8,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy.")] = 0.8,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1)] = 50,
-    top_p: Annotated[
-        float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: in (0, 1].")
-    ] = None,
-    loops: Annotated[
-        int | None, typer.Option("--loops", min=1, max=4096, help="Loop count (default: the trained R).")
-    ] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: in (0, 1].")] = None,
+    loops: Annotated[int | None, typer.Option("--loops", help="Loop count (default: the trained R).")] = None,
     no_cache: Annotated[
         bool,
         typer.Option("--no-cache", help="Re-run the whole context for every token (slow; for checking)."),
@@ -341,12 +365,10 @@ def sample(
         float | None,
         typer.Option(
             "--exit-threshold",
-            min=0.0,
-            max=1.0,
             help="In (0, 1]: end a token's loop once a loop changes the state by less than this fraction of its norm.",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1)] = 0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Text from a trained model, through its own tokenizer, decoded with its KV cache."""
@@ -354,11 +376,15 @@ def sample(
     from cartspec.runtime.evaluate import sample as generate
 
     for flag, value in (("--top-p", top_p), ("--exit-threshold", exit_threshold)):
-        if value == 0:
-            raise UserError(f"{flag}: must be above 0")
+        if value is not None and not 0 < value <= 1:
+            raise UserError(f"{flag}: expected a number in (0, 1], got {value}")
+    if loops is not None and not 1 <= loops <= _most_loops():
+        raise UserError(f"--loops: expected 1 to {_most_loops()}, got {loops}")
     if exit_threshold is not None and no_cache:
         raise UserError("--exit-threshold decodes token by token with the cache; drop --no-cache")
     prompts = _prompts(prompt, prompt_file)
+    for text in prompts:
+        _check_sample_args(text, temperature, seed)
     stream = len(prompts) == 1  # one prompt: its text shows as it is written
     sampling, decoding = (
         Sampling(temperature, top_k, top_p, seed),
@@ -404,6 +430,23 @@ def _prompts(prompt: str, prompt_file: Path | None) -> list[str]:
     if not lines:
         raise UserError(f"--prompt-file {prompt_file}: no prompt in it (every line is empty)")
     return lines
+
+
+MIN_TEMPERATURE = 1e-4  # below it logits / temperature overflow float32 and softmax is NaN
+
+
+def _check_sample_args(prompt: str, temperature: float, seed: int) -> None:
+    """Refuse in one line what would fail deep in the tokenizer or torch with a traceback."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise UserError(f"--prompt: not valid UTF-8 text (at character {e.start})") from None
+    if not math.isfinite(temperature) or temperature < 0 or 0 < temperature < MIN_TEMPERATURE:
+        raise UserError(
+            f"--temperature: expected 0 (greedy) or a finite value of at least {MIN_TEMPERATURE}, got {temperature}"
+        )
+    if not 0 <= seed < 2**64:
+        raise UserError(f"--seed: expected an integer from 0 to 2^64 - 1, got {seed}")
 
 
 @app.command()

@@ -4,6 +4,7 @@ summaries and loop rows (rich is imported only here)."""
 from __future__ import annotations
 
 import json
+import math
 
 from cartspec.accounting import ParamReport
 from cartspec.graph import ModelGraph
@@ -87,7 +88,19 @@ def print_params(report: ParamReport) -> None:
 
 
 def print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2))
+    """Strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON)."""
+    print(json.dumps(finite(obj), indent=2, allow_nan=False))
+
+
+def finite(obj: object) -> object:
+    """``obj`` with every non-finite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(value) for value in obj]
+    return obj
 
 
 def graph_text(graph: ModelGraph) -> str:
@@ -158,7 +171,7 @@ def print_train_summary(summary) -> None:
     table.add_column(justify="left")
     table.add_column(justify="right")
     rows = [
-        ("train loss (last step)", f"{summary.train_loss:.4f}"),
+        ("train loss (last step)", "-" if summary.train_loss is None else f"{summary.train_loss:.4f}"),
         ("validation loss", "-" if summary.val_loss is None else f"{summary.val_loss:.4f}"),
         ("validation perplexity", "-" if summary.val_ppl is None else f"{summary.val_ppl:.2f}"),
         ("rho = max sigmoid(a)", "-" if summary.rho is None else f"{summary.rho:.4f}"),

@@ -35,7 +35,8 @@ INTRO = (
     "A key marked *(kind)* exists only where its mapping has that `kind`."
 )
 EXTENDS = (
-    "Another spec file, relative to this one, that this spec is laid over: mappings merge key by key, "
+    "Another spec file (a regular `.yaml`/`.yml` file), relative to this one or absolute, that this "
+    "spec is laid over: mappings merge key by key, "
     "lists and scalars replace, `null` removes a key (its default applies again). "
     "The name is never inherited; `--set` cannot change `extends`."
 )

@@ -8,6 +8,8 @@ scalars replace, and ``null`` removes a key (so the schema's default applies aga
 from __future__ import annotations
 
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,14 @@ from typing import Any
 import yaml
 
 from cartspec.errors import Problem, SpecError
+from cartspec.files import TooLarge, Unreadable, kind_of, read_bounded, reason
 
 Path_ = tuple[str | int, ...]
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything larger is a mistake
 MAX_YAML_NODES = 100_000  # stops alias bombs before they are expanded
 MAX_EXTENDS_DEPTH = 16
+SPEC_SUFFIXES = (".yaml", ".yml")  # what extends: may name
 PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 MAX_FLOW_DEPTH = 64  # [ and { nesting; a spec needs a handful
 
@@ -36,6 +40,15 @@ class _SafeLoader(yaml.SafeLoader):
                 None, None, f"nested too deeply (more than {MAX_FLOW_DEPTH} levels)", self.get_mark()
             )
         super().fetch_flow_collection_start(TokenClass)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string because it has no dot; YAML 1.2 and every user read it
+# as a number. With no coercion in the schema, the loader resolves it as the float it is.
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -73,22 +86,16 @@ def printable(text: str) -> str:
 
 
 def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise SpecError([Problem(display(path), "", "no such file")])
-    if path.is_dir():
-        raise SpecError([Problem(display(path), "", "is a directory, expected a YAML spec file")])
-    size = path.stat().st_size
-    if size > MAX_SPEC_BYTES:
-        raise SpecError(
-            [
-                Problem(
-                    display(path),
-                    "",
-                    f"file is {size:,} bytes; a spec may be at most {MAX_SPEC_BYTES:,}",
-                )
-            ]
-        )
-    raw = path.read_bytes()
+    """The text of a spec file: a regular file (never a FIFO or device, which would block or
+    never end) of at most MAX_SPEC_BYTES, in UTF-8, without NUL bytes."""
+    try:
+        raw = read_bounded(path, MAX_SPEC_BYTES)
+    except TooLarge as e:
+        message = f"file is {e.size:,} bytes; a spec may be at most {MAX_SPEC_BYTES:,}"
+        raise SpecError([Problem(display(path), "", message)]) from None
+    except Unreadable as e:
+        message = f"{e}, expected a YAML spec file" if str(e) == "is a directory" else str(e)
+        raise SpecError([Problem(display(path), "", message)]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -96,6 +103,9 @@ def _read_text(path: Path) -> str:
     if "\x00" in text:
         raise SpecError([Problem(display(path), "", "binary file, expected a YAML spec")])
     return text
+
+
+_UNREADABLE = object()  # a scalar already reported as a problem
 
 
 def _mark(file: str, node: yaml.Node) -> str:
@@ -148,13 +158,15 @@ class _Builder:
                         )
                     )
                     continue
-                key = self.constructor.construct_object(key_node)
+                key = self._scalar(key_node, path)
+                if key is _UNREADABLE:
+                    continue
                 if not isinstance(key, str):
                     self.problems.append(
                         Problem(
                             _mark(self.file, key_node),
                             _dotted(path),
-                            f"key {key!r} is not a string",
+                            f"key {_clipped(repr(key), 80)} is not a string",
                         )
                     )
                     continue
@@ -177,7 +189,23 @@ class _Builder:
                 self.where[(*path, i)] = _mark(self.file, item)
                 items.append(self.build(item, (*path, i)))
             return items
-        return self.constructor.construct_object(node)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: Path_) -> Any:
+        """A scalar through the safe constructor; a value it cannot build (an integer past
+        Python's digit limit, a date that does not exist) is a located problem."""
+        try:
+            return self.constructor.construct_object(node)
+        except ValueError as e:
+            self.problems.append(Problem(_mark(self.file, node), _dotted(path), unreadable_value(e)))
+            return _UNREADABLE
+
+
+def unreadable_value(error: ValueError) -> str:
+    """Why a YAML scalar has no value, in one line (Python's own advice to raise its integer
+    digit limit is left out: a spec never needs such a number)."""
+    first = printable(str(error).split("; use sys.set_int_max_str_digits")[0])
+    return f"cannot read this value ({first})"
 
 
 def _dotted(path: Path_) -> str:
@@ -194,8 +222,12 @@ def _yaml_problem(file: str, e: yaml.YAMLError) -> Problem:
     return Problem(file, "", f"invalid YAML: {printable(str(e).splitlines()[0])}")
 
 
-def read_yaml(path: Path) -> Loaded:
-    """Parse one YAML file (safe loader only) into data plus key positions; no extends."""
+SPEC_KEYS = "name:, model: and blocks:"  # what an empty spec file is told it lacks
+
+
+def read_yaml(path: Path, expected: str = SPEC_KEYS) -> Loaded:
+    """Parse one YAML file (safe loader only) into data plus key positions; no extends.
+    ``expected`` names the keys such a file needs, for the message about an empty one."""
     text = _read_text(path)
     file = display(path)
     try:
@@ -205,9 +237,7 @@ def read_yaml(path: Path) -> Loaded:
     except RecursionError:  # PyYAML composes recursively: [[[[... a few thousand deep
         raise SpecError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
     if node is None:
-        raise SpecError(
-            [Problem(file, "", "empty file, expected a YAML mapping with name:, model: and blocks:")]
-        )
+        raise SpecError([Problem(file, "", f"empty file, expected a YAML mapping with {expected}")])
     if not isinstance(node, yaml.MappingNode):
         raise SpecError([Problem(_mark(file, node), "", "a spec must be a YAML mapping")])
     builder = _Builder(file)
@@ -291,8 +321,9 @@ def load(
         if not isinstance(parent, str) or not parent:
             raise SpecError([Problem(where, "extends", "must be a path to another spec file")])
         base_path = (path.parent / parent).absolute()
-        if not base_path.exists():
-            raise SpecError([Problem(where, "extends", f"no such file: {display(base_path)}")])
+        refusal = _extends_refusal(base_path)
+        if refusal:
+            raise SpecError([Problem(where, "extends", refusal)])
         chain = (*_chain, path)
         if base_path in chain:
             cycle = " -> ".join(display(p) for p in (*chain, base_path))
@@ -310,9 +341,31 @@ def load(
     return loaded
 
 
+def _clipped(text: str, width: int = 400) -> str:
+    """An override as it is quoted in messages: a 5,000-digit value is not echoed whole."""
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def _extends_refusal(target: Path) -> str:
+    """Why ``target`` cannot be a base spec, or "". A spec extends only other specs: a regular
+    ``.yaml``/``.yml`` file (relative to the extending file, or absolute). Any other file is
+    refused before it is read, so its contents never appear in a message."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError as e:
+        return f"{reason(e)}: {display(target)}"
+    if not stat.S_ISREG(mode):
+        return (
+            f"{display(target)} is {'a directory' if stat.S_ISDIR(mode) else kind_of(mode)}, not a spec file"
+        )
+    if target.suffix not in SPEC_SUFFIXES:
+        return f"{display(target)} is not a .yaml or .yml file; a spec extends only another spec"
+    return ""
+
+
 def apply_set(loaded: Loaded, override: str) -> Loaded:
     """Apply one ``dotted.path=value`` override; the value is parsed as YAML."""
-    where = f"--set {printable(override)}"
+    where = f"--set {_clipped(printable(override))}"
     if "=" not in override:
         raise SpecError([Problem(where, "", "expected dotted.path=value")])
     key, _, raw = override.partition("=")
@@ -326,6 +379,8 @@ def apply_set(loaded: Loaded, override: str) -> Loaded:
         raise SpecError([Problem(where, key, f"value is not valid YAML: {problem}")]) from None
     except RecursionError:
         raise SpecError([Problem(where, key, "value is not valid YAML: nested too deeply")]) from None
+    except ValueError as e:  # a number past the digit limit, a date that does not exist
+        raise SpecError([Problem(where, key, unreadable_value(e))]) from None
     if key.strip() == "extends":
         raise SpecError([Problem(where, key, "extends cannot be set from the command line")])
     path: list[str | int] = []

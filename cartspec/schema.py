@@ -133,6 +133,12 @@ class Optimizer(Strict):
         description="all: every parameter decays (as the CART paper); matrices: norms, gates, mixing weights exempt.",
     )
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_from_a_list(cls, v: object) -> object:
+        """YAML has no tuples: a list of two reads as the pair (strict mode would refuse it)."""
+        return tuple(v) if isinstance(v, list) else v
+
     @field_validator("betas")
     @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:

@@ -59,8 +59,17 @@ def _problem(loaded: Loaded, err: dict[str, Any], root: type[BaseModel]) -> Prob
             else (f"; allowed: {', '.join(fields)}" if fields else "")
         )
         message = f"unknown key {key!r}{hint}"
+    elif kind == "missing" and isinstance(path[-1], int):  # a tuple given too few items
+        path = path[:-1]  # one problem for the list, not one per missing index
+        dotted = ".".join(str(p) for p in path)
+        given = err["input"]
+        message = f"too few items: got {len(given) if isinstance(given, list | tuple) else given!r}"
     elif kind == "missing":
         message = f"missing required key '{path[-1]}'"
+    elif kind in ("int_type", "float_type", "bool_type", "string_type") and isinstance(err["input"], bool):
+        message = f"expected {_TYPE_WORDS[kind]}, got {str(err['input']).lower()} (YAML reads yes/no/on/off as booleans)"
+    elif kind == "finite_number":
+        message = f"expected a finite number, got {err['input']!r}"
     elif kind == "union_tag_invalid":
         path = (*path, "kind")  # point at the kind itself, not at the mapping that holds it
         dotted += ".kind"
@@ -81,9 +90,19 @@ def _problem(loaded: Loaded, err: dict[str, Any], root: type[BaseModel]) -> Prob
             "bool_parsing",
             "int_type",
             "int_from_float",
+            "float_type",
+            "string_type",
         }:
             message += f", got {err['input']!r}" if not isinstance(err["input"], dict | list) else ""
     return Problem(loaded.locate(path), dotted, message)
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
 
 
 def _data_path(data: Any, loc: tuple, root: type[BaseModel]) -> tuple[Path_, type[BaseModel] | None]:

@@ -21,10 +21,12 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from cartspec.errors import UserError
+from cartspec.files import Unreadable, read_bounded
 from cartspec.runtime.distributed import is_sharded
 from cartspec.runtime.rundir import checkpoint_dir, checkpoint_name, list_checkpoints
 
 FORMAT = 1
+MAX_STATE_BYTES = 1 << 24  # state.json holds a step, hashes and optimizer hyperparameters
 
 
 @dataclass(frozen=True)
@@ -92,19 +94,51 @@ def _remove(path: Path) -> None:
 def read_state(path: Path) -> dict[str, Any]:
     """The JSON part of a checkpoint; a missing or corrupt one is a UserError naming it."""
     try:
-        state = json.loads((path / "state.json").read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        raise UserError(f"{path}: not a checkpoint (no state.json)") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+        state = json.loads(read_bounded(path / "state.json", MAX_STATE_BYTES))
+    except Unreadable as e:  # a FIFO or device in a run folder would block or never end
+        if str(e) in ("no such file", "a folder on its path is a file"):
+            raise UserError(f"{path}: not a checkpoint (no state.json)") from None
+        raise UserError(f"{path}: cannot read the checkpoint ({e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}/state.json: corrupt checkpoint ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "step" not in state:
         raise UserError(f"{path}/state.json: not a cartspec checkpoint of format {FORMAT}")
+    wrong = _wrong_field(state)
+    if wrong:  # an edited or foreign state.json: as damaged as a truncated one
+        raise UserError(f"{path}/state.json: corrupt checkpoint ({wrong})")
     for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
         if not (path / name).is_file():
             raise UserError(f"{path}: incomplete checkpoint, {name} is missing")
     return state
+
+
+_REQUIRED: dict[str, type] = {"step": int, "optimizer_groups": list}
+_OPTIONAL: dict[str, type] = {  # the training loop's own fields, checked when present
+    "data": dict,
+    "architecture_sha256": str,
+    "model_sha256": str,
+}
+
+
+def _wrong_field(state: dict[str, Any]) -> str:
+    """The first field of a state.json that is missing or of the wrong type, as a phrase; ""
+    when all hold, so that an edited state.json is as damaged as a truncated one."""
+    for name, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if name not in state:
+            if name in _REQUIRED:
+                return f"no {name}"
+            continue
+        value = state[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{name} is {type(value).__name__}, expected {kind.__name__}"
+    if state["step"] < 0:
+        return f"step is {state['step']}"
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["optimizer_groups"]):
+        return "optimizer_groups is not a list of parameter groups"
+    data = state.get("data", {})
+    if any(not isinstance(data.get(k), int) or isinstance(data.get(k), bool) for k in data):
+        return "data holds a value that is not an integer"
+    return ""
 
 
 def newest_valid(run_dir: Path) -> Path | None:
@@ -147,7 +181,13 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> L
         _load_sharded(path, model, optimizer, optimizer_state)
     else:
         load_weights(path, model)
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, IndexError) as e:  # other parameter groups (train.optimizer.decay)
+            raise UserError(
+                f"{path}: its optimizer state does not fit this run's parameter groups "
+                f"(was train.optimizer.decay changed?): {_reason(e)}"
+            ) from None
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]

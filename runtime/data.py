@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cartspec.errors import UserError
+from cartspec.files import Unreadable, read_bounded
 from cartspec.runtime.atomic import atomic_writer, write_atomic
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 BIBLE = "bible"
 TEXT_SUFFIXES = (".txt", ".jsonl")
-_TOKEN_CACHE_VERSION = 1
+_TOKEN_CACHE_VERSION = 2  # 2: each split's sha256 in meta.json
 _ENCODE_CHARS = 1 << 24  # text per tokenizer call: bounds memory on large corpora
 
 
@@ -66,7 +67,7 @@ def load_documents(source: str) -> list[str]:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
             docs = [doc for f in files for doc in _file_documents(f)]
-        elif path.is_file():
+        elif path.exists():  # a FIFO or a device is refused when read, by name
             docs = _file_documents(path)
         else:
             raise DataError(f"data source not found: {path}")
@@ -106,11 +107,11 @@ def _bible_documents() -> list[str]:
 def _read_text(path: Path) -> str:
     """Read a UTF-8 file, turning OS and decoding failures into one-line DataErrors."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bounded(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not valid UTF-8 (byte {e.start})") from e
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    except Unreadable as e:  # a FIFO or a device would block or never end
+        raise DataError(f"cannot read {path}: {e}") from e
 
 
 def _file_documents(path: Path) -> list[str]:
@@ -176,7 +177,8 @@ def prepare_tokens(
     (at least one, about ``val_fraction`` of them) form the validation stream.
 
     The cache lives in ``cache_dir/tokens/<corpus fp>-<tokenizer fp>/``; ``meta.json`` is written
-    last and checked against the file sizes, so a partial or truncated cache is rebuilt.
+    last and holds each split's size and sha256, so a partial, truncated or corrupted cache (even
+    one of the right size) is rebuilt.
     """
     if model_vocab is not None and tokenizer.vocab_size > model_vocab:
         raise DataError(
@@ -229,7 +231,18 @@ def _read_cache_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any] |
         path = folder / f"{split}.bin"
         if not isinstance(n, int) or not path.is_file() or path.stat().st_size != n * itemsize:
             return None
+        if meta.get(f"{split}_sha256") != _file_sha256(path):  # bytes changed, size kept
+            return None
     return meta
+
+
+def _file_sha256(path: Path) -> str:
+    """The sha256 of a token file, read in chunks (a cache can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_token_cache(
@@ -242,25 +255,32 @@ def _write_token_cache(
         (folder / "meta.json").unlink()
     dtype = np.dtype(meta["dtype"])
     split_at = len(documents) - n_val
-    counts = {
-        "train_tokens": _write_split(folder / "train.bin", documents[:split_at], tokenizer, dtype),
-        "val_tokens": _write_split(folder / "val.bin", documents[split_at:], tokenizer, dtype),
-    }
+    counts: dict[str, Any] = {}
+    for split, docs in (("train", documents[:split_at]), ("val", documents[split_at:])):
+        counts[f"{split}_tokens"], counts[f"{split}_sha256"] = _write_split(
+            folder / f"{split}.bin", docs, tokenizer, dtype
+        )
     meta = {**meta, **counts, "vocab_size": tokenizer.vocab_size}
     write_atomic(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
 
 
-def _write_split(path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype) -> int:
-    """Stream BOS + ids + EOS of every document into ``path``; returns the token count."""
+def _write_split(
+    path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype
+) -> tuple[int, str]:
+    """Stream BOS + ids + EOS of every document into ``path``; returns the token count and the
+    sha256 of the bytes written."""
     n = 0
+    digest = hashlib.sha256()
     with atomic_writer(path) as f:
         for chunk in _chunks(documents):
             batch = tokenizer.encode_batch(chunk)
             ids = [t for doc in batch for t in (tokenizer.bos_id, *doc, tokenizer.eos_id)]
-            np.asarray(ids, dtype=dtype).tofile(f)
+            data = np.asarray(ids, dtype=dtype).tobytes()
+            f.write(data)
+            digest.update(data)
             n += len(ids)
-    return n
+    return n, digest.hexdigest()
 
 
 def _chunks(documents: Sequence[str]) -> Iterator[list[str]]:
@@ -343,6 +363,21 @@ def load_bin_splits(
         _check_ids_below(splits.train, model_vocab, source)
         _check_ids_below(splits.val, model_vocab, source)
     return splits
+
+
+def bin_eval_tokens(source: str, model_vocab: int) -> np.ndarray:
+    """The tokens ``eval --data`` scores from a pre-tokenized source, with the checks training
+    makes: one ``.bin`` file whole, or a token folder's ``val.bin``; every id within the vocab."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        val_path = _find_split_bin(path, "val")
+        if val_path is None:
+            raise DataError(f"{path}: a token folder needs a val.bin to evaluate on")
+        tokens = open_bin(val_path)
+    else:
+        tokens = open_bin(path)
+    _check_ids_below(tokens, model_vocab, source)
+    return tokens
 
 
 def _check_ids_below(tokens: np.ndarray, model_vocab: int, source: str) -> None:

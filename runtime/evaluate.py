@@ -16,10 +16,10 @@ from torch import nn
 from cartspec.errors import UserError
 from cartspec.runtime import distributed
 from cartspec.runtime.data import (
+    bin_eval_tokens,
     default_cache_dir,
     is_bin_source,
     load_documents,
-    open_bin,
     prepare_data,
     prepare_tokens,
     val_batches,
@@ -83,7 +83,7 @@ def _validation_tokens(spec: Spec, tokenizer: Tokenizer | None, data: str | None
             documents, tokenizer, default_cache_dir(), source.val_fraction, spec.model.vocab_size
         ).val
     if is_bin_source(data):
-        return open_bin(data)
+        return bin_eval_tokens(data, spec.model.vocab_size)
     if tokenizer is None:
         raise UserError("--data: this run has no tokenizer.json to tokenize text with; pass a .bin file")
     ids: list[int] = []

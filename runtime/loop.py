@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ class Summary:
     run_dir: str
     steps: int
     tokens: int
-    train_loss: float
+    train_loss: float | None  # None: no step was trained and none was recorded
     val_loss: float | None
     val_ppl: float | None
     rho: float | None
@@ -92,7 +92,7 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
 
 
 def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
-    spec, t = resolved.spec, resolved.spec.train
+    t = resolved.spec.train
     batch = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)  # before any work
     if t.depth.per == "sequence" and t.parallel == "fsdp" and world.size > 1:
         raise UserError(  # FSDP gathers a block's weights on every rank at each call, together
@@ -100,6 +100,20 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
             "the same blocks: use train.parallel: ddp, or train.depth.per: step"
         )
     run_dir = _open_run_dir(rundir.run_dir_for(resolved, options.out))
+    with rundir.locked(run_dir) if world.is_main else nullcontext():  # rank 0 writes the folder
+        return _train_locked(resolved, options, world, device, batch, run_dir)
+
+
+def _train_locked(
+    resolved: Resolved,
+    options: Options,
+    world: distributed.World,
+    device: torch.device,
+    batch: tuple[int, int],
+    run_dir: Path,
+) -> Summary:
+    """The run, once this process holds its folder."""
+    spec, t = resolved.spec, resolved.spec.train
     resume_from = _resume_path(run_dir, options.resume, announce=world.is_main)
     cache_dir = options.cache_dir or default_cache_dir()
     tokenizer, splits = distributed.main_first(world, lambda: prepare_data(spec, cache_dir))
@@ -109,6 +123,11 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
     }
     # before model.py is rewritten: a refused resume leaves the run as it was
     saved = _check_resumable(resume_from, state) if resume_from is not None else None
+    stop = min(t.steps, options.until) if options.until is not None else t.steps
+    if resume_from is not None and saved is not None:
+        if options.resume != "auto":  # auto is the newest already
+            _check_one_line(run_dir, resume_from, saved["step"])
+        _check_stop(resume_from, saved["step"], t.steps, options.until)
     run = _build_run(resolved, run_dir, world, device, batch, splits, state)
     start = 0
     if resume_from is not None and saved is not None:
@@ -116,7 +135,6 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
         run.stream.load_state_dict(saved["data"])
     if world.is_main:
         _write_run_files(run, tokenizer)
-    stop = min(t.steps, options.until) if options.until is not None else t.steps
     metrics = rundir.Metrics(run_dir, start if resume_from is not None else None, world.is_main)
     progress = _progress(options.progress and world.is_main, start, stop, spec.name)
     wall0 = time.perf_counter()
@@ -127,7 +145,16 @@ def _train(resolved: Resolved, options: Options, world: distributed.World, devic
         metrics.close()
     wall = time.perf_counter() - wall0
     distributed.barrier(world)  # the last checkpoint is on disk before any rank reports done
+    if stop == start and saved is not None:  # a finished run resumed: nothing trained, its last loss
+        loss = _finite(saved.get("loss"))
     return _summary(run, start, stop, loss, val_loss, wall)
+
+
+def _finite(value: Any) -> float | None:
+    """A loss read back from a checkpoint, when it is a finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _steps(
@@ -182,10 +209,7 @@ def _resume_path(run_dir: Path, resume: str | None, announce: bool) -> Path | No
                 f"warning: {newest[0]} does not read back whole; resuming from {found.name}", file=sys.stderr
             )
     else:
-        found = Path(resume)
-        if not found.exists():
-            raise UserError(f"--resume {resume}: no such checkpoint")
-        checkpoint.read_state(found)
+        found = _explicit_checkpoint(resume)
     if found is None and checkpoint.list_checkpoints(run_dir):
         if resume is None:
             raise UserError(
@@ -197,9 +221,35 @@ def _resume_path(run_dir: Path, resume: str | None, announce: bool) -> Path | No
     return found
 
 
+def _explicit_checkpoint(resume: str) -> Path:
+    """The checkpoint ``--resume PATH`` names, once it reads back as one."""
+    if not resume.strip():
+        raise UserError("--resume: expected auto or a checkpoint folder, got an empty value")
+    found = Path(resume)
+    if not found.exists():
+        raise UserError(f"--resume {resume}: no such checkpoint")
+    checkpoint.read_state(found)
+    return found
+
+
+def _check_one_line(run_dir: Path, resume_from: Path, step: int) -> None:
+    """Refuse to resume into a run folder that holds checkpoints newer than ``step``: they would
+    outrank the resumed line (for ``--resume auto`` and ``eval``) and pruning by step would
+    delete its own. Branching from an older checkpoint goes into a new folder (``--out``)."""
+    newer = [p for p in checkpoint.list_checkpoints(run_dir) if (rundir.checkpoint_step(p) or 0) > step]
+    if newer:
+        raise UserError(
+            f"--resume {resume_from}: {run_dir} already holds a later checkpoint ({newer[-1].name}); "
+            f"pass --out NEW to branch from step {step} into a new run, or remove the later "
+            "checkpoints to rewind this one"
+        )
+
+
 def _check_resumable(resume_from: Path, state: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's saved state, once it was made by this architecture on these tokens."""
     saved = checkpoint.read_state(resume_from)
+    if not {"position", "n_windows"} <= saved.get("data", {}).keys():
+        raise UserError(f"{resume_from}/state.json: corrupt checkpoint (no data position to resume from)")
     if saved.get("architecture_sha256") != state["architecture_sha256"]:
         raise UserError(
             f"{resume_from}: checkpoint was made from a different spec (model or blocks differ); refusing to resume"
@@ -209,6 +259,18 @@ def _check_resumable(resume_from: Path, state: dict[str, Any]) -> dict[str, Any]
             f"{resume_from}: checkpoint was trained with another tokenizer or corpus; refusing to resume"
         )
     return saved
+
+
+def _check_stop(resume_from: Path, start: int, steps: int, until: int | None) -> None:
+    """Refuse a stop before the step the run resumes at: there is nothing to train, and the
+    schedule would be read past its end. Stopping where it is (a finished run) trains nothing."""
+    if until is not None and until < start:
+        raise UserError(f"--until {until}: {resume_from} is already at step {start}; stop at a later step")
+    if steps < start:
+        raise UserError(
+            f"train.steps {steps}: {resume_from} is already at step {start}; "
+            "the schedule must span at least the steps already trained"
+        )
 
 
 def _build_run(
@@ -225,6 +287,7 @@ def _build_run(
     spec, t = resolved.spec, resolved.spec.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     module, _ = distributed.main_first(world, lambda: compiled_module(resolved, run_dir, rundir.MODEL))
+    state["model_sha256"] = rundir.model_sha256(run_dir)  # eval and sample run only this file
     model = module.Model()
     if t.compile == "blocks":  # before sharding, so FSDP's hooks stay outside the compiled blocks
         compile_model(model, "blocks", t.compile_mode)
@@ -315,7 +378,9 @@ def _log_evaluate_checkpoint(
     return bool(record), val_loss
 
 
-def _summary(run: _Run, start: int, stop: int, loss: float, val_loss: float | None, wall: float) -> Summary:
+def _summary(
+    run: _Run, start: int, stop: int, loss: float | None, val_loss: float | None, wall: float
+) -> Summary:
     spec, params = run.resolved.spec, run.resolved.params
     return Summary(
         name=spec.name,

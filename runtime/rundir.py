@@ -8,21 +8,29 @@ A run folder holds everything needed to read, resume, evaluate or sample a run l
     env.json         versions and device
     metrics.jsonl    one JSON object per logged step
     checkpoints/step_NNNNNNN/   model, optimizer and RNG safetensors plus state.json
+    .lock            held by the one training that writes the folder (pid and host inside)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import platform
 import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from cartspec import __version__
+from cartspec.console import finite
 from cartspec.errors import UserError
+from cartspec.files import Unreadable, read_bounded, reason
 from cartspec.loader import read_yaml
 from cartspec.resolve import Resolved, resolve_data, spec_dict
 from cartspec.runtime.atomic import write_atomic
@@ -33,6 +41,9 @@ TOKENIZER = "tokenizer.json"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+MAX_MODEL_BYTES = 1 << 24  # a generated model.py is tens of kB
+MAX_ENV_BYTES = 1 << 20
 
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 _MODEL_SHA256 = re.compile(r'^ARCHITECTURE_SHA256 = "([0-9a-f]{64})"$', re.MULTILINE)
@@ -41,6 +52,53 @@ _MODEL_SHA256 = re.compile(r'^ARCHITECTURE_SHA256 = "([0-9a-f]{64})"$', re.MULTI
 def run_dir_for(resolved: Resolved, out: Path | None) -> Path:
     """Where a run goes: ``out`` when given, else ``runs/<spec name>``."""
     return out if out is not None else Path("runs") / resolved.spec.name
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder for one training: a second one is refused in one line instead of
+    interleaving its metrics and checkpoints with the first.
+
+    An ``flock`` on ``.lock``: the kernel releases it when the holder dies however it dies, so a
+    killed run leaves no stale lock (the file stays; only the lock on it counts). The file names
+    the holder's pid and host for the refusal. A run folder on a network file system without
+    ``flock`` is not protected.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock to take
+        yield
+        return
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot write to the run directory ({reason(e)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{run_dir}: another training is writing to this run directory{_holder(path)}; "
+                "wait for it to end, or pass --out for a new run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(path: Path) -> str:
+    """ " (pid 123 on host)" from a held lock file, or "" when it says nothing readable."""
+    try:
+        pid, host = read_bounded(path, 1024).decode("utf-8").split()[:2]
+    except (Unreadable, UnicodeDecodeError, ValueError):
+        return ""
+    return f" (pid {pid} on {host})" if pid.isdigit() and host.isprintable() else ""
 
 
 # ----------------------------------------------------------------------------- spec.yaml, model.py
@@ -63,18 +121,53 @@ def read_spec(run_dir: Path) -> Resolved:
     return resolve_data(loaded.data, path, loaded=loaded)
 
 
-def check_model(run_dir: Path, resolved: Resolved) -> Path:
-    """The run's ``model.py``, once its ``ARCHITECTURE_SHA256`` is the spec's: weights are loaded
-    only into the architecture they were trained as. Read as text, so a mismatched file never runs."""
+def check_model(run_dir: Path, resolved: Resolved, recorded: str | None) -> bytes:
+    """The run's ``model.py``, read once and checked before anything imports it: its
+    ``ARCHITECTURE_SHA256`` is the spec's (weights load only into the architecture they were
+    trained as), and its whole content is the file the checkpoint recorded (``recorded``, the
+    sha256 in ``state.json``), so code appended to it never runs. A checkpoint older than that
+    record is accepted only when ``model.py`` is exactly what this cartspec renders from
+    ``spec.yaml``. Returns the checked bytes: import those, not the file again."""
     path = run_dir / MODEL
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no {MODEL}, the generated code the run was trained with")
-    found = _MODEL_SHA256.search(path.read_text(encoding="utf-8", errors="replace"))
+    try:
+        source = read_bounded(path, MAX_MODEL_BYTES)
+    except Unreadable as e:
+        if str(e) == "no such file":
+            raise UserError(f"{run_dir}: no {MODEL}, the generated code the run was trained with") from None
+        raise UserError(f"{path}: {e}") from None
+    found = _MODEL_SHA256.search(source.decode("utf-8", errors="replace"))
     if found is None or found.group(1) != resolved.sha256:
         raise UserError(
             f"{path}: ARCHITECTURE_SHA256 differs from the architecture in {SPEC}; refusing to load"
         )
-    return path
+    if recorded is not None:
+        if sha256_bytes(source) != recorded:
+            raise UserError(
+                f"{path}: differs from the file its checkpoint was trained with (sha256 in "
+                "state.json); refusing to run it"
+            )
+    elif source != _rendered(resolved):
+        raise UserError(
+            f"{path}: differs from what cartspec generates from {SPEC}, and its checkpoint records "
+            "no sha256 of the file trained with; refusing to run it"
+        )
+    return source
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The sha256 of ``model.py``'s bytes, as a checkpoint records it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_sha256(run_dir: Path) -> str:
+    """The sha256 of the run's ``model.py`` as it is on disk now (training records it)."""
+    return sha256_bytes((run_dir / MODEL).read_bytes())
+
+
+def _rendered(resolved: Resolved) -> bytes:
+    from cartspec.codegen.render import render
+
+    return render(resolved).encode("utf-8")
 
 
 # ----------------------------------------------------------------------------- env.json
@@ -96,7 +189,11 @@ def write_env(run_dir: Path, spec_file: Path, machine: dict[str, Any]) -> None:
 def read_env(run_dir: Path) -> dict[str, Any]:
     """``env.json`` as written by :func:`write_env`; empty when the run has none."""
     path = run_dir / ENV
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        env = json.loads(read_bounded(path, MAX_ENV_BYTES))
+    except (Unreadable, ValueError):  # absent, not a file, too large, or not JSON
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl
@@ -120,7 +217,7 @@ class Metrics:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(finite(record), allow_nan=False) + "\n")
 
     def close(self) -> None:
         if self.file is not None:
@@ -130,10 +227,12 @@ class Metrics:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl``, oldest first (a torn line is skipped)."""
     path = run_dir / METRICS
-    if not path.is_file():
+    try:
+        text = read_bounded(path).decode("utf-8", errors="replace")
+    except Unreadable:  # absent, or not a regular file (a FIFO would block)
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:

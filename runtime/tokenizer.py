@@ -18,6 +18,8 @@ from typing import Protocol
 from tokenizers import Tokenizer as HFTokenizerCore
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from cartspec.files import Unreadable, read_bounded
+
 from .atomic import write_atomic
 from .data import DataError, corpus_fingerprint
 
@@ -27,6 +29,7 @@ EOS_NAMES = (EOS, "</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>", "[SEP]")
 _BYTES_MARKER = "cartspec-bytes"
 _BPE_RECIPE = "bpe1"  # bump when train_bpe changes, so stale cached tokenizers are not reused
 _MIN_BPE_VOCAB = 258  # two specials + the 256-byte alphabet
+MAX_TOKENIZER_BYTES = 1 << 28  # the largest public tokenizer.json files are tens of MB
 
 
 class Tokenizer(Protocol):
@@ -143,11 +146,13 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
     """Load any HF ``tokenizer.json`` (or a saved ``ByteTokenizer``)."""
     path = Path(path).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise DataError(f"tokenizer file not found: {path}") from e
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bounded(path, MAX_TOKENIZER_BYTES).decode("utf-8")
+    except Unreadable as e:  # a FIFO or a device would block or never end
+        if str(e) == "no such file":
+            raise DataError(f"tokenizer file not found: {path}") from e
         raise DataError(f"cannot read tokenizer file {path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read tokenizer file {path}: not UTF-8 (byte {e.start})") from e
     try:
         spec = json.loads(text)
     except ValueError as e:

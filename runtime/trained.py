@@ -23,13 +23,15 @@ class TrainedRun:
 
 
 def load_run(run_dir: Path, device: torch.device) -> TrainedRun:
-    """The run's spec (checked like any spec file), its own ``model.py`` (refused unless generated
-    from that spec) and its newest valid checkpoint's weights."""
+    """The run's spec (checked like any spec file), its own ``model.py`` (refused unless it is the
+    file the newest valid checkpoint was trained with) and that checkpoint's weights."""
     resolved = rundir.read_spec(run_dir)
-    module = import_module(rundir.check_model(run_dir, resolved))
     newest = checkpoint.newest_valid(run_dir)
     if newest is None:
         raise UserError(f"{run_dir}: no valid checkpoint to load")
+    recorded = checkpoint.read_state(newest).get("model_sha256")
+    source = rundir.check_model(run_dir, resolved, recorded)  # before anything of it runs
+    module = import_module(run_dir / rundir.MODEL, source)
     model = module.Model().to(device)
     checkpoint.load_weights(newest, model)
     model.eval()

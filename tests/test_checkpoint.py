@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 from gen_helpers import BYTES_CART_SETS
 from safetensors.torch import load_file
 
+from cartspec.errors import UserError
 from cartspec.resolve import resolve
 from cartspec.runtime import checkpoint
 from cartspec.runtime.loop import Options, train
@@ -191,16 +193,30 @@ def test_resume_between_checkpoints_with_accumulation_is_exact(corpus, cache, tm
     )
 
 
-def test_resume_from_an_explicit_older_checkpoint_drops_later_metrics(corpus, cache, tmp_path):
-    """Resuming from step 10 of a finished 20-step run replays 11..20 identically; metrics keep one line per step."""
+def test_resume_from_an_older_checkpoint_branches_into_a_new_folder(corpus, cache, tmp_path):
+    """Resuming from step 10 of a finished 20-step run in its own folder would let the old line's
+    step 20 outrank the new one and pruning delete the new one's: it is refused, nothing changes.
+    Into a new folder (--out) it branches, and replays 11..20 identically."""
     sets = tiny_sets(corpus, 20)
     run = tmp_path / "run"
     train_in_process(sets, run, cache)
     before = losses(run)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     first = checkpoint.list_checkpoints(run)[0]
     assert first.name == "step_0000010"
-    train_in_process(sets, run, cache, resume=str(first))
-    assert losses(run) == before
+    with pytest.raises(
+        UserError, match="already holds a later checkpoint \\(step_0000020\\); pass --out NEW"
+    ):
+        train_in_process(sets, run, cache, resume=str(first))
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    branch = tmp_path / "branch"
+    train_in_process(sets, branch, cache, resume=str(first))
+    assert losses(branch) == before[10:]
+    assert [p.name for p in checkpoint.list_checkpoints(branch)] == ["step_0000020"]
+    assert_same_tensors(
+        branch / "checkpoints/step_0000020/model.safetensors",
+        run / "checkpoints/step_0000020/model.safetensors",
+    )
 
 
 # ----------------------------------------------------------------------------- kill -9 at any moment
@@ -360,6 +376,38 @@ def test_newest_valid_is_none_without_a_good_checkpoint(tmp_path, model_and_opti
     assert checkpoint.newest_valid(tmp_path) is None
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("step", '"20"', "step is str, expected int"),
+        ("step", "true", "step is bool, expected int"),
+        ("step", "-3", "step is -3"),
+        ("optimizer_groups", "{}", "optimizer_groups is dict, expected list"),
+        ("optimizer_groups", "[1]", "not a list of parameter groups"),
+        ("data", "[]", "data is list, expected dict"),
+        ("data", '{"position": "0"}', "not an integer"),
+        ("architecture_sha256", "7", "architecture_sha256 is int, expected str"),
+    ],
+)
+def test_a_state_json_with_a_wrong_field_type_is_a_damaged_checkpoint(
+    model_and_optimizer, tmp_path, field, value, why
+):
+    """An edited state.json is refused in one line and skipped by newest_valid like a truncated
+    one, so --resume auto, eval and sample fall back to the checkpoint before it."""
+    from cartspec.errors import UserError
+
+    model, optimizer = model_and_optimizer
+    state = {"data": {"position": 0, "n_windows": 4}, "architecture_sha256": "a" * 64}
+    older = checkpoint.save(tmp_path, 1, model, optimizer, state, keep=3)
+    newest = checkpoint.save(tmp_path, 2, model, optimizer, state, keep=3)
+    body = json.loads((newest / "state.json").read_text())
+    body[field] = json.loads(value)
+    (newest / "state.json").write_text(json.dumps(body))
+    with pytest.raises(UserError, match=re.escape(why)):
+        checkpoint.read_state(newest)
+    assert checkpoint.newest_valid(tmp_path) == older
+
+
 def test_read_state_names_what_is_wrong(tmp_path):
     from cartspec.errors import UserError
 
@@ -369,6 +417,9 @@ def test_read_state_names_what_is_wrong(tmp_path):
     with pytest.raises(UserError, match="format 1"):
         checkpoint.read_state(tmp_path)
     (tmp_path / "state.json").write_text('{"format": 1, "step": 1}')
+    with pytest.raises(UserError, match="corrupt checkpoint \\(no optimizer_groups\\)"):
+        checkpoint.read_state(tmp_path)
+    (tmp_path / "state.json").write_text('{"format": 1, "step": 1, "optimizer_groups": []}')
     with pytest.raises(UserError, match="model.safetensors is missing"):
         checkpoint.read_state(tmp_path)
     a_file = tmp_path / "state.json"

@@ -248,14 +248,19 @@ def test_token_cache_is_reused(tmp_path: Path) -> None:
     assert np.array_equal(first.train, second.train)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "drop_meta", "garble_meta"])
+@pytest.mark.parametrize("damage", ["truncate", "same_size", "drop_meta", "garble_meta"])
 def test_damaged_token_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    """same_size: bytes flipped in place, the size kept; it used to be read as tokens."""
     tok = CountingTokenizer()
     expected = prepare_tokens(DOCS, tok, tmp_path).train.tolist()
     (folder,) = (tmp_path / "tokens").iterdir()
     if damage == "truncate":
         data = (folder / "train.bin").read_bytes()
         (folder / "train.bin").write_bytes(data[:-2])
+    elif damage == "same_size":
+        data = bytearray((folder / "train.bin").read_bytes())
+        data[4:8] = b"\xff\xff\xff\xff"
+        (folder / "train.bin").write_bytes(bytes(data))
     elif damage == "drop_meta":
         (folder / "meta.json").unlink()
     else:

@@ -333,8 +333,7 @@ def test_set_of_a_wrong_value_is_located_at_the_set(cli, base):
     assert cli("validate", "base.yaml", "--set", "blocks.core.loops=many") == (
         2,
         "",
-        "--set blocks.core.loops=many: blocks.core.loops: "
-        "input should be a valid integer, unable to parse string as an integer, got 'many'\n",
+        "--set blocks.core.loops=many: blocks.core.loops: input should be a valid integer, got 'many'\n",
     )
 
 

@@ -139,6 +139,24 @@ def test_a_folder_without_results_is_one_line_and_exit_2(cli, tmp_path):
     assert (rc, stderr) == (2, f"error: {tmp_path}: no results.db here (run `cartspec sweep` first)\n")
 
 
+@pytest.mark.parametrize("content", ["empty", "foreign"])
+def test_an_empty_or_foreign_results_db_is_refused_and_left_as_it_is(cli, tmp_path, content):
+    """report is read-only: it used to say "0 configs" and add its tables to the file."""
+    db = tmp_path / "results.db"
+    if content == "empty":
+        db.write_bytes(b"")
+    else:
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE notes (text TEXT)")
+        con.close()
+    before = db.read_bytes()
+    rc, _, stderr = cli("report", str(tmp_path))
+    what = "an empty file" if content == "empty" else "no loop_evals, meta, runs table"
+    assert (rc, stderr) == (2, f"error: {db}: not a results database of a sweep ({what}); left as it is\n")
+    assert db.read_bytes() == before
+    assert not (tmp_path / "report.md").exists()
+
+
 PROBE = """
 import contextlib, io, json, sys
 from cartspec.cli import app

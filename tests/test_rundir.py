@@ -38,9 +38,69 @@ def test_model_py_of_another_architecture_is_refused(tmp_path):
     resolved = resolve(CART_TINY)
     (tmp_path / rundir.MODEL).write_text(f'ARCHITECTURE_SHA256 = "{"0" * 64}"\n')
     with pytest.raises(UserError, match="ARCHITECTURE_SHA256 differs"):
-        rundir.check_model(tmp_path, resolved)
-    (tmp_path / rundir.MODEL).write_text(f'ARCHITECTURE_SHA256 = "{resolved.sha256}"\n')
-    assert rundir.check_model(tmp_path, resolved) == tmp_path / rundir.MODEL
+        rundir.check_model(tmp_path, resolved, None)
+    source = f'ARCHITECTURE_SHA256 = "{resolved.sha256}"\n'.encode()
+    (tmp_path / rundir.MODEL).write_bytes(source)
+    assert rundir.check_model(tmp_path, resolved, rundir.sha256_bytes(source)) == source
+
+
+def test_model_py_runs_only_as_the_checkpoint_recorded_it(tmp_path):
+    """Appended code keeps ARCHITECTURE_SHA256 intact; the whole file's sha256 does not."""
+    from cartspec.codegen.render import render
+
+    resolved = resolve(CART_TINY)
+    source = render(resolved).encode()
+    (tmp_path / rundir.MODEL).write_bytes(source)
+    recorded = rundir.model_sha256(tmp_path)
+    assert rundir.check_model(tmp_path, resolved, recorded) == source
+    assert rundir.check_model(tmp_path, resolved, None) == source  # an older checkpoint: the render
+    (tmp_path / rundir.MODEL).write_bytes(source + b"\nimport os; os.system('echo pwned')\n")
+    with pytest.raises(UserError, match="differs from the file its checkpoint was trained with"):
+        rundir.check_model(tmp_path, resolved, recorded)
+    with pytest.raises(UserError, match="differs from what cartspec generates"):
+        rundir.check_model(tmp_path, resolved, None)
+
+
+def test_the_run_folder_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
+    with (
+        rundir.locked(tmp_path),
+        pytest.raises(UserError, match=r"another training is writing to this run directory \(pid \d+ on "),
+        rundir.locked(tmp_path),
+    ):
+        pass
+    with rundir.locked(tmp_path):  # released by the first holder
+        pass
+
+
+def test_a_lock_held_by_a_killed_process_is_not_stale(tmp_path):
+    """The kernel drops an flock with its holder: a run killed with SIGKILL blocks nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cartspec.runtime import rundir; "
+         "from pathlib import Path\nwith rundir.locked(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(60)",
+         str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=f"pid {holder.pid}"), rundir.locked(tmp_path):
+        pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with rundir.locked(tmp_path):
+        pass
+    assert (tmp_path / rundir.LOCK).exists()  # the file stays; only a live lock on it counts
+
+
+def test_metrics_never_write_bare_nan(tmp_path):
+    metrics = rundir.Metrics(tmp_path, resume_step=None)
+    metrics.write({"step": 1, "loss": 2.0, "grad_norm": float("inf"), "lr": float("nan")})
+    metrics.close()
+    assert json.loads((tmp_path / rundir.METRICS).read_text()) == {
+        "step": 1, "loss": 2.0, "grad_norm": None, "lr": None
+    }  # fmt: skip
 
 
 def test_env_json_holds_versions_the_machine_and_the_spec_file(tmp_path):

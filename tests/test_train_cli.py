@@ -13,7 +13,7 @@ from gen_helpers import BYTES_CART_SETS
 from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
-from cartspec.runtime import checkpoint
+from cartspec.runtime import checkpoint, rundir
 from cartspec.runtime.loop import Options, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,8 +163,11 @@ def test_eval_rejects_malformed_loop_counts(cli, run, loops):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("--top-p", "0"), "--top-p: must be above 0"),
-        (("--exit-threshold", "0"), "--exit-threshold: must be above 0"),
+        (("--top-p", "0"), "--top-p: expected a number in (0, 1], got 0.0"),
+        (("--top-p", "1.5"), "--top-p: expected a number in (0, 1]"),
+        (("--exit-threshold", "0"), "--exit-threshold: expected a number in (0, 1]"),
+        (("--loops", "0"), "--loops: expected 1 to 256, got 0"),
+        (("--temperature", "-1"), "--temperature: expected 0 (greedy) or a finite value"),
         (("--exit-threshold", "0.1", "--no-cache"), "drop --no-cache"),
         (("--loops", "17"), "loops must be in 1..16"),  # the loop table has 16 rows
         (("--prompt-file", "nowhere.txt"), "no such file"),
@@ -359,3 +362,182 @@ def test_a_corrupt_explicit_checkpoint_is_a_clean_error_in_a_real_process(run_cl
         env={"CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
     )
     assert_clean_error(result, "corrupt")
+
+
+# ----------------------------------------------------------------------------- one run, one line of training
+
+
+def snapshot(run: Path) -> dict[Path, bytes]:
+    """Every file of a run folder with its bytes (the lock file aside), to show nothing changed."""
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != rundir.LOCK}
+
+
+def strict_json(text: str) -> dict:
+    """Parse JSON as other tools do: a bare NaN or Infinity is an error."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_second_training_in_a_run_folder_being_trained_is_refused(cli, sets, run):
+    """Two trainings in one folder used to interleave metrics.jsonl and crash one another."""
+    before = snapshot(run)
+    with rundir.locked(run):  # a training holds the folder
+        result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert_clean_error(result, str(run), "another training is writing to this run directory", "--out")
+    assert snapshot(run) == before
+
+
+def test_until_below_the_resumed_step_is_refused(cli, sets, run):
+    """It used to exit 0 with a NaN loss and a negative throughput."""
+    before = snapshot(run)
+    result = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto", "--until", "5"
+    )
+    assert_clean_error(result, "--until 5", "already at step 20")
+    assert snapshot(run) == before
+    result = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--steps", "15", "--out", str(run), "--resume", "auto"
+    )
+    assert_clean_error(result, "train.steps 15", "already at step 20")
+    assert snapshot(run) == before
+
+
+def test_resuming_a_finished_run_trains_nothing_and_prints_valid_json(cli, sets, run):
+    rc, out, err = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto", "--json"
+    )
+    assert rc == 0, err
+    summary = strict_json(out)
+    last = json.loads((run / "checkpoints/step_0000020/state.json").read_text())["loss"]
+    assert summary["steps"] == 20 and summary["train_loss"] == last
+    assert summary["tokens_per_s"] == 0
+
+
+def test_json_summary_writes_null_for_a_non_finite_number(capsys):
+    from cartspec.console import print_json
+
+    print_json({"train_loss": float("nan"), "rows": [{"val": float("inf")}, 1.5]})
+    assert strict_json(capsys.readouterr().out) == {"train_loss": None, "rows": [{"val": None}, 1.5]}
+
+
+def test_an_empty_resume_value_is_named(cli, sets, run):
+    """It used to read as the current folder: "`.`: not a checkpoint"."""
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "")
+    assert_clean_error(result, "--resume: expected auto or a checkpoint folder, got an empty value")
+
+
+def test_resume_auto_falls_back_past_a_state_json_with_a_wrong_field_type(cli, sets, run):
+    state = run / "checkpoints/step_0000020/state.json"
+    state.write_text(state.read_text().replace('"step": 20', '"step": "20"'))
+    rc, _, err = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
+    assert rc == 0, err
+    assert "resuming from step_0000010" in err
+    assert checkpoint.read_state(run / "checkpoints/step_0000020")["step"] == 20  # rewritten whole
+
+
+def test_a_change_of_optimizer_groups_on_resume_is_one_line(cli, sets, run):
+    result = cli(
+        "train", str(CART_TINY), *cli_args(sets), "--set=train.optimizer.decay=matrices",
+        "--out", str(run), "--resume", "auto",
+    )  # fmt: skip
+    assert_clean_error(result, "step_0000020", "parameter groups", "train.optimizer.decay")
+
+
+# ----------------------------------------------------------------------------- model.py is code
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_code_appended_to_model_py_never_runs(cli, run, tmp_path, command):
+    """ARCHITECTURE_SHA256 stays intact when code is appended; the checkpoint's sha256 of the
+    whole file does not, and the file is refused before it is imported."""
+    marker = tmp_path / "RAN"
+    with open(run / "model.py", "a") as f:
+        f.write(f"\nfrom pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    assert_clean_error(
+        cli(command, str(run)), "model.py", "differs from the file its checkpoint was trained with"
+    )
+    assert not marker.exists()
+
+
+def test_a_checkpoint_records_the_sha256_of_the_model_py_it_was_trained_with(trained):
+    state = checkpoint.read_state(trained / "checkpoints/step_0000020")
+    assert state["model_sha256"] == rundir.model_sha256(trained)
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_missing_model_py_is_named(cli, run, command):
+    (run / "model.py").unlink()
+    assert_clean_error(cli(command, str(run)), "no model.py")
+
+
+def test_eval_loops_beyond_any_spec_are_refused_before_loading(cli, run):
+    """cart_tiny has a loop-embedding table; a model without one had no upper bound at all."""
+    assert_clean_error(cli("eval", str(run), "--loops", "1000000"), "--loops", "at most 256")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "in the \udcff"], "--prompt: not valid UTF-8 text (at character 7)"),  # argv byte 0xff
+        (["--temperature", "1e-300"], "--temperature: expected 0 (greedy) or a finite value of at least"),
+        (["--temperature", "inf"], "--temperature: expected 0 (greedy)"),
+        (["--seed", str(2**64)], "--seed: expected an integer from 0 to 2^64 - 1"),
+        (["--seed", "-1"], "--seed: expected an integer from 0 to 2^64 - 1"),
+    ],
+)
+def test_sample_arguments_that_torch_would_fail_on_are_one_line(cli, run, args, message):
+    """They used to end in a UnicodeEncodeError, a NaN in multinomial or a seed overflow traceback."""
+    assert_clean_error(cli("sample", str(run), *args, "--max-new-tokens", "3"), message)
+
+
+def test_eval_data_gets_the_checks_train_makes(cli, run, tmp_path):
+    """Ids beyond the vocabulary used to end in an IndexError traceback from the embedding; a
+    token folder was memory-mapped as if it were a file."""
+    import numpy as np
+
+    np.array([1, 2, 299, 5000, 7] * 100, dtype=np.uint16).tofile(tmp_path / "big.bin")
+    assert_clean_error(
+        cli("eval", str(run), "--data", str(tmp_path / "big.bin")), "token id 5000", "vocab of 300"
+    )
+    folder = tmp_path / "tokens"
+    folder.mkdir()
+    np.array([1, 2, 3] * 100, dtype=np.uint16).tofile(folder / "train.bin")
+    assert_clean_error(cli("eval", str(run), "--data", str(folder)), "needs a val.bin")
+    np.array([1, 2, 299, 5, 7] * 100, dtype=np.uint16).tofile(folder / "val.bin")
+    rc, out, err = cli("eval", str(run), "--data", str(folder), "--json")
+    assert rc == 0, err
+
+
+def test_a_full_disk_during_training_is_one_line_naming_the_file(cli, sets, tmp_path, monkeypatch):
+    """The machine refusing a write (full disk, read-only folder) used to end in a traceback."""
+    import errno
+
+    def full(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "metrics.jsonl"))
+
+    monkeypatch.setattr(rundir.Metrics, "write", full)
+    result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(tmp_path / "r"), "--until", "2")
+    assert_clean_error(result, f"{tmp_path / 'r' / 'metrics.jsonl'}: no space left on device")
+
+
+def test_a_fifo_in_a_run_folder_never_blocks(run_cli, run, cache):
+    """A run folder is untrusted input too: a FIFO as the newest checkpoint's state.json used to
+    block eval forever; it is skipped like any damaged checkpoint. A real process with a timeout."""
+    import os
+
+    state = run / "checkpoints/step_0000020/state.json"
+    state.unlink()
+    os.mkfifo(state)
+    rc, out, err = run_cli(
+        "eval",
+        str(run),
+        "--device",
+        "cpu",
+        "--json",
+        env={"CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
+    )
+    assert rc == 0, err
+    assert json.loads(out)["rows"][0]["loops"] == 4

@@ -122,10 +122,7 @@ def test_wrong_type_shows_the_value_given(cli, write_spec):
             layers: two   # line 5
             attention: {kind: mha}
         """)
-    assert errors(cli) == [
-        "spec.yaml:5:5: blocks.stack.layers: "
-        "input should be a valid integer, unable to parse string as an integer, got 'two'"
-    ]
+    assert errors(cli) == ["spec.yaml:5:5: blocks.stack.layers: input should be a valid integer, got 'two'"]
 
 
 def test_fractional_number_where_a_count_is_expected_is_rejected(cli, write_spec):
@@ -137,10 +134,7 @@ def test_fractional_number_where_a_count_is_expected_is_rejected(cli, write_spec
             layers: 1.5   # line 5
             attention: {kind: mha}
         """)
-    assert errors(cli) == [
-        "spec.yaml:5:5: blocks.stack.layers: "
-        "input should be a valid integer, got a number with a fractional part, got 1.5"
-    ]
+    assert errors(cli) == ["spec.yaml:5:5: blocks.stack.layers: input should be a valid integer, got 1.5"]
 
 
 def test_choice_outside_its_options_lists_the_options(cli, write_spec):
@@ -287,7 +281,7 @@ def test_every_problem_is_reported_at_once_in_file_order(cli, write_spec):
         "spec.yaml:5:5: blocks.stack.layers: input should be greater than or equal to 1",
         "spec.yaml:6:17: blocks.stack.attention.kind: unknown kind 'gqa'; expected one of 'mha', 'mla'",
         "spec.yaml:8:3: train.steps: input should be greater than or equal to 1",
-        "spec.yaml:9:3: train.seed: input should be a valid integer, unable to parse string as an integer, got 'lots'",
+        "spec.yaml:9:3: train.seed: input should be a valid integer, got 'lots'",
     ]
 
 

@@ -17,9 +17,12 @@ Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
 
 
 class Strict(BaseModel):
-    """Base of every spec node: unknown keys are errors, values are immutable once loaded."""
+    """Base of every spec node: unknown keys are errors, values are immutable once loaded, and
+    values are never coerced: in pydantic's lax mode ``loops: yes`` is R = 1, ``lr: true`` is
+    1.0 and ``d_model: "64"`` is 64. An integer still reads as a float (``lr: 1``). NaN and
+    infinity are refused (a NaN passes no bound, so it was reported as breaking one)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 Problems = list[tuple[tuple[str, ...], str]]  # (key path below the kind's own node, message)

@@ -220,11 +220,12 @@ class _Planner:
             return self.base()
         if name in self.configs:
             return self.configs[name]
-        known = ", ".join(list(self.configs)[:6]) + (" ..." if len(self.configs) > 6 else "")
+        names = ["base", *(n for n in self.configs if n != "base")]  # a sweep without a grid has only base
+        known = ", ".join(names[:7]) + (" ..." if len(names) > 7 else "")
         self.fail(
             self.at("extra", i, "of"),
             f"extra.{i}.of",
-            f"no config '{name}' before this entry (have: base, {known})",
+            f"no config '{name}' before this entry (have: {known})",
         )
         return None
 

@@ -116,22 +116,46 @@ def db_path(sweep_dir: Path) -> Path:
 
 @contextmanager
 def connect(sweep_dir: Path, create: bool = False) -> Iterator[sqlite3.Connection]:
-    """An open results database (created with its tables when ``create``); commits on success."""
+    """An open results database (created with its tables when ``create``); commits on success.
+
+    Without ``create`` it is opened read-only and must hold a sweep's tables: a report or a dry
+    run never writes to it, so an empty or foreign file is left exactly as it was."""
     path = db_path(sweep_dir)
     if not create and not path.is_file():
         raise UserError(f"{sweep_dir}: no results.db here (run `cartspec sweep` first)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = sqlite3.connect(path, timeout=30)
-        con.executescript(SCHEMA)
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"{path}: not a results database ({e})") from None
+    con = _open(path) if create else _open_read_only(path)
     con.row_factory = sqlite3.Row
     try:
         yield con
         con.commit()
     finally:
         con.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The database at ``path``, created with its tables if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(path, timeout=30)
+        con.executescript(SCHEMA)
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a results database ({e})") from None
+    return con
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The existing database at ``path``, read-only, once it holds a sweep's tables."""
+    try:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path}: not a results database ({e})") from None
+    missing = sorted({"runs", "loop_evals", "meta"} - tables)
+    if missing:
+        con.close()
+        what = "an empty file" if not tables else f"no {', '.join(missing)} table"
+        raise UserError(f"{path}: not a results database of a sweep ({what}); left as it is")
+    return con
 
 
 def now() -> str:

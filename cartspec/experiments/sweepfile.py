@@ -130,5 +130,5 @@ class SweepFile(_Strict):
 
 def load_sweep_file(path: Path) -> tuple[SweepFile, Loaded]:
     """Read and validate a sweep file; raises SpecError with every problem, located."""
-    loaded = read_yaml(Path(path).absolute())
+    loaded = read_yaml(Path(path).absolute(), expected="base: and grid: or extra:")
     return validate_as(SweepFile, loaded), loaded
