@@ -58,6 +58,8 @@ def main() -> None:
     )
     print(f"machine load average (1, 5, 15 min): {load}")
     print(f"{'new tokens':>10} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speed-up':>9}")
+    for cache in (True, False):  # first calls allocate and warm the kernels: not measured
+        tokens_per_s(model, prompt, 8, vocab, window, cache)
     for new in counts:
         cached = tokens_per_s(model, prompt, new, vocab, window, cache=True)
         full = tokens_per_s(model, prompt, new, vocab, window, cache=False)

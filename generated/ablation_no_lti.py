@@ -141,18 +141,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
 
 
 class LayerKV:
-    """The keys and values one attention use has seen so far, for incremental decoding."""
+    """The keys and values one attention use has seen so far, for incremental decoding, in buffers
+    sized for the whole window (so each step writes its own positions instead of copying the past)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
+        self.size, self.length = size, 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's keys and values along the positions; return all of them."""
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-        self.k, self.v = k, v
-        return k, v
+        """Write this step's keys and values after the cached ones; return all of them."""
+        if self.k is None:
+            shape = (*k.shape[:-2], self.size, k.size(-1))
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        end = self.length + k.size(-2)
+        self.k[..., self.length : end, :] = k
+        self.v[..., self.length : end, :] = v
+        self.length = end
+        return self.k[..., :end, :], self.v[..., :end, :]
 
 
 class KVCache:
@@ -166,9 +172,9 @@ class KVCache:
         self.max_seq_len, self.loops = config.max_seq_len, loops
         self.loops_used: list[int] = []  # per forward: the loops run before an early exit
         self.position = 0  # how many positions are cached: the next token's position
-        self.prelude = [LayerKV() for _ in range(config.prelude_layers)]
-        self.anchor = LayerKV()  # once per position, for every loop
-        self.coda = [LayerKV() for _ in range(config.coda_layers)]
+        self.prelude = [LayerKV(self.max_seq_len) for _ in range(config.prelude_layers)]
+        self.anchor = LayerKV(self.max_seq_len)  # once per position, for every loop
+        self.coda = [LayerKV(self.max_seq_len) for _ in range(config.coda_layers)]
 
     def advance(self, new: int, loops: int) -> int:
         """Claim positions for ``new`` tokens decoded at ``loops`` loops; return the first one."""

@@ -121,18 +121,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
 
 
 class LayerKV:
-    """The keys and values one attention use has seen so far, for incremental decoding."""
+    """The keys and values one attention use has seen so far, for incremental decoding, in buffers
+    sized for the whole window (so each step writes its own positions instead of copying the past)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
+        self.size, self.length = size, 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's keys and values along the positions; return all of them."""
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-        self.k, self.v = k, v
-        return k, v
+        """Write this step's keys and values after the cached ones; return all of them."""
+        if self.k is None:
+            shape = (*k.shape[:-2], self.size, k.size(-1))
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        end = self.length + k.size(-2)
+        self.k[..., self.length : end, :] = k
+        self.v[..., self.length : end, :] = v
+        self.length = end
+        return self.k[..., :end, :], self.v[..., :end, :]
 
 
 class KVCache:
@@ -141,7 +147,7 @@ class KVCache:
     def __init__(self, config: Config) -> None:
         self.max_seq_len = config.max_seq_len
         self.position = 0  # how many positions are cached: the next token's position
-        self.stack = [LayerKV() for _ in range(config.stack_layers)]
+        self.stack = [LayerKV(self.max_seq_len) for _ in range(config.stack_layers)]
 
     def advance(self, new: int) -> int:
         """Claim positions for ``new`` tokens; return the first one."""

@@ -84,13 +84,36 @@ def test_a_cache_refuses_another_loop_count_a_full_table_and_bidirectional_model
         build(bidirectional).new_cache()
 
 
-def test_the_anchor_cache_does_not_grow_with_the_loop_count(tmp_path):
-    _, module = compile_variant(tmp_path, "cart", ())
-    model = build(module).eval()
-    sizes = []
-    for loops in (1, 3, 8):
-        cache = model.new_cache(loops=loops)
-        with torch.no_grad():
-            model(torch.zeros(1, 6, dtype=torch.long), cache=cache, loops=loops)
-        sizes.append(cache.anchor.k.numel() + cache.anchor.v.numel())
-    assert sizes[0] == sizes[1] == sizes[2] > 0
+def cached_values(cache) -> int:
+    """Keys and values a cache holds, over all its attention uses."""
+    found = [cache]
+    total = 0
+    while found:
+        item = found.pop()
+        if isinstance(item, list):
+            found += item
+        elif hasattr(item, "extend") and hasattr(item, "length"):  # a LayerKV
+            total += 0 if item.k is None else item.k[..., : item.length, :].numel() * 2
+        elif hasattr(item, "__dict__"):
+            found += [v for v in vars(item).values() if isinstance(v, list) or hasattr(v, "extend")]
+    return total
+
+
+def cache_after_six_tokens(model, loops: int) -> int:
+    cache = model.new_cache(loops=loops)
+    with torch.no_grad():
+        model(torch.zeros(1, 6, dtype=torch.long), cache=cache, loops=loops)
+    return cached_values(cache)
+
+
+def test_a_cart_cache_does_not_grow_with_the_loop_count_but_a_self_attending_core_does(tmp_path):
+    _, cart = compile_variant(tmp_path, "cart", ())
+    model = build(cart).eval()
+    sizes = [cache_after_six_tokens(model, loops) for loops in (1, 3, 8)]
+    assert sizes[0] == sizes[1] == sizes[2] > 0  # the anchor's K, V once per position
+    self_attending = []
+    for loops in (1, 3):  # its core is unshared: one model per loop count
+        sets = (*VARIANTS["self_attn_core"][1], f"blocks.core.loops={loops}")
+        _, module = compile_variant(tmp_path, f"self_attn_{loops}", sets)
+        self_attending.append(cache_after_six_tokens(build(module).eval(), loops))
+    assert self_attending[1] > self_attending[0]  # keys per loop

@@ -27,22 +27,26 @@ def _stage_lines(name: str) -> list[str]:
 def _cache_context(arch: Architecture) -> dict:
     """The generated KVCache: one LayerKV per attention use that keeps keys (anchors included)."""
     lines = [
-        f"self.{s.name} = [LayerKV() for _ in range(config.{s.name}_layers)]"
+        f"self.{s.name} = [LayerKV(self.max_seq_len) for _ in range(config.{s.name}_layers)]"
         for s in arch.stages
         if s.name != "coda"
     ]
     anchor, core = arch.anchor, arch.core
     if anchor is not None and anchor.recompute == "never":
-        lines.append("self.anchor = LayerKV()  # once per position, for every loop")
+        lines.append("self.anchor = LayerKV(self.max_seq_len)  # once per position, for every loop")
     elif anchor is not None:
-        lines.append("self.anchor = [LayerKV() for _ in range(loops)]  # recomputed from each loop's input")
+        lines.append(
+            "self.anchor = [LayerKV(self.max_seq_len) for _ in range(loops)]  # recomputed from each loop's input"
+        )
     if core is not None and not core.attention.reads_anchor:
         if core.layers == 1:
-            lines.append("self.core = [LayerKV() for _ in range(loops)]  # one per loop")
+            lines.append("self.core = [LayerKV(self.max_seq_len) for _ in range(loops)]  # one per loop")
         else:
-            lines.append("self.core = [[LayerKV() for _ in range(config.core_layers)] for _ in range(loops)]")
+            lines.append(
+                "self.core = [[LayerKV(self.max_seq_len) for _ in range(config.core_layers)] for _ in range(loops)]"
+            )
     if arch.stage("coda"):
-        lines.append("self.coda = [LayerKV() for _ in range(config.coda_layers)]")
+        lines.append("self.coda = [LayerKV(self.max_seq_len) for _ in range(config.coda_layers)]")
     return {
         "lines": lines,
         "looped": core is not None,
