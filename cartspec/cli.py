@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,14 @@ from typing import Annotated, Any
 import typer
 
 from cartspec.errors import SpecError, UserError
+from cartspec.options import (
+    check_sample_args,
+    loop_counts,
+    most_loops,
+    read_prompts,
+    train_choices,
+    write,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -242,7 +249,7 @@ def train(
         ("--compile-mode", "compile_mode", compile_mode),
     ):
         if value is not None:
-            choices = _train_choices(key)
+            choices = train_choices(key)
             if value not in choices:
                 raise UserError(f"{flag}: expected one of {', '.join(choices)}, got {value!r}")
             overrides.append(f"train.{key}={value}")
@@ -283,39 +290,6 @@ def train(
         print_train_summary(summary)
 
 
-def _train_choices(key: str) -> tuple[str, ...]:
-    """The values a Literal field of the spec's train section allows."""
-    from typing import get_args
-
-    from cartspec.schema import Train
-
-    return get_args(Train.model_fields[key].annotation)
-
-
-def _loop_counts(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        counts = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--loops: expected comma-separated integers like 2,4,6, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise UserError(f"--loops: loop counts must be >= 1, got {text!r}")
-    most = _most_loops()
-    if max(counts) > most:  # a model without a loop-embedding table has no bound of its own
-        raise UserError(f"--loops: at most {most} (the most a spec's core.loops allows), got {max(counts)}")
-    return counts
-
-
-def _most_loops() -> int:
-    """The schema's upper bound of ``blocks.core.loops``."""
-    from annotated_types import Le
-
-    from cartspec.schema import Core
-
-    return next(m.le for m in Core.model_fields["loops"].metadata if isinstance(m, Le))
-
-
 @app.command("eval")
 @user_errors
 def eval_(
@@ -333,7 +307,7 @@ def eval_(
     """Validation loss and perplexity of a trained run for each loop count (variable-R inference)."""
     from cartspec.runtime.evaluate import evaluate_loops
 
-    spec, rows = evaluate_loops(run, _loop_counts(loops), data, device)
+    spec, rows = evaluate_loops(run, loop_counts(loops), data, device)
     if as_json:
         from cartspec.console import print_json
 
@@ -378,19 +352,19 @@ def sample(
     for flag, value in (("--top-p", top_p), ("--exit-threshold", exit_threshold)):
         if value is not None and not 0 < value <= 1:
             raise UserError(f"{flag}: expected a number in (0, 1], got {value}")
-    if loops is not None and not 1 <= loops <= _most_loops():
-        raise UserError(f"--loops: expected 1 to {_most_loops()}, got {loops}")
+    if loops is not None and not 1 <= loops <= most_loops():
+        raise UserError(f"--loops: expected 1 to {most_loops()}, got {loops}")
     if exit_threshold is not None and no_cache:
         raise UserError("--exit-threshold decodes token by token with the cache; drop --no-cache")
-    prompts = _prompts(prompt, prompt_file)
+    prompts = read_prompts(prompt, prompt_file)
     for text in prompts:
-        _check_sample_args(text, temperature, seed)
+        check_sample_args(text, temperature, seed)
     stream = len(prompts) == 1  # one prompt: its text shows as it is written
     sampling, decoding = (
         Sampling(temperature, top_k, top_p, seed),
         Decoding(loops, not no_cache, exit_threshold),
     )
-    samples = generate(run, prompts, max_new_tokens, sampling, decoding, device, _write if stream else None)
+    samples = generate(run, prompts, max_new_tokens, sampling, decoding, device, write if stream else None)
     if stream:
         print()
     else:
@@ -398,55 +372,6 @@ def sample(
     used = [s.loops_per_token for s in samples if s.loops_per_token is not None]
     if used:
         print(f"mean loops per token: {sum(used) / len(used):.2f}", file=sys.stderr)
-
-
-MAX_PROMPT_FILE = 1 << 20
-
-
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def _prompts(prompt: str, prompt_file: Path | None) -> list[str]:
-    """The prompts to continue: --prompt, or each non-empty line of --prompt-file (UTF-8, at most 1 MiB)."""
-    if prompt_file is None:
-        return [prompt]
-    if prompt:
-        raise UserError("--prompt and --prompt-file: pick one")
-    if not prompt_file.is_file():
-        raise UserError(f"--prompt-file {prompt_file}: no such file")
-    try:
-        with prompt_file.open("rb") as f:
-            raw = f.read(MAX_PROMPT_FILE + 1)
-    except OSError as e:
-        raise UserError(f"--prompt-file {prompt_file}: cannot read it ({e.strerror})") from None
-    if len(raw) > MAX_PROMPT_FILE:
-        raise UserError(f"--prompt-file {prompt_file}: larger than {MAX_PROMPT_FILE:,} bytes")
-    try:
-        lines = [line for line in raw.decode("utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as e:
-        raise UserError(f"--prompt-file {prompt_file}: not UTF-8 text (byte {e.start})") from None
-    if not lines:
-        raise UserError(f"--prompt-file {prompt_file}: no prompt in it (every line is empty)")
-    return lines
-
-
-MIN_TEMPERATURE = 1e-4  # below it logits / temperature overflow float32 and softmax is NaN
-
-
-def _check_sample_args(prompt: str, temperature: float, seed: int) -> None:
-    """Refuse in one line what would fail deep in the tokenizer or torch with a traceback."""
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as e:  # bytes that are not UTF-8 arrive as lone surrogates
-        raise UserError(f"--prompt: not valid UTF-8 text (at character {e.start})") from None
-    if not math.isfinite(temperature) or temperature < 0 or 0 < temperature < MIN_TEMPERATURE:
-        raise UserError(
-            f"--temperature: expected 0 (greedy) or a finite value of at least {MIN_TEMPERATURE}, got {temperature}"
-        )
-    if not 0 <= seed < 2**64:
-        raise UserError(f"--seed: expected an integer from 0 to 2^64 - 1, got {seed}")
 
 
 @app.command()

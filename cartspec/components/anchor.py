@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from cartspec.components.attention import kv_heads_problems, latent_entry, latent_width
+from cartspec.components.attention import kv_heads_or_all, kv_heads_problems, latent_entry, latent_width
 from cartspec.components.base import ConfigEntry, Identifier, Problems, Strict
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Anchor(Strict):
         """Sizes concrete: the latent width for mla_kv, the K/V head count for kv."""
         if self.kind == "mla_kv":
             return self.model_copy(update={"kv_latent": latent_width(m, self.kv_latent)})
-        return self.model_copy(update={"kv_heads": self.kv_heads or m.n_heads})
+        return self.model_copy(update={"kv_heads": kv_heads_or_all(m, self.kv_heads)})
 
     def params(self, m: ModelConfig) -> int:
         r = self.resolved(m)

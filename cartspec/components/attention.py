@@ -80,7 +80,7 @@ class MHA(Attention):
         return self.model_copy(update={"kv_heads": self.size(m)})
 
     def size(self, m: ModelConfig) -> int:
-        return self.kv_heads if self.kv_heads is not None else m.n_heads
+        return kv_heads_or_all(m, self.kv_heads)
 
     def params(self, m: ModelConfig) -> int:
         return 2 * m.d_model * m.d_model + 2 * m.d_model * self.size(m) * m.head_dim
@@ -161,6 +161,11 @@ class Cross(Attention):
 
     def class_name(self, m: ModelConfig) -> str:
         return "AnchorCrossAttention" + ("" if self.causal else "Bidirectional")
+
+
+def kv_heads_or_all(m: ModelConfig, kv_heads: int | None) -> int:
+    """A K/V head count: as given, else one per query head (plain MHA)."""
+    return kv_heads if kv_heads is not None else m.n_heads
 
 
 def kv_heads_problems(kv_heads: int | None, m: ModelConfig) -> Problems:
