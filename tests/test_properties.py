@@ -70,6 +70,24 @@ def test_the_per_block_table_sums_to_the_totals(spec):
     assert report.embedding + report.non_embedding == report.stored
 
 
+@MANY
+@given(spec=valid_specs())
+def test_forward_flops_follow_the_papers_formula_over_every_attention_use(spec):
+    """docs/accounting.md: forward = 2 x (effective (paper) - embedding) x T + 4 x A x T^2 x d, with
+    A one attention use per stack, prelude and coda layer and core.layers per loop."""
+    report = account(resolved(spec).graph)
+    m, blocks = spec["model"], spec["blocks"]
+    core = blocks.get("core")
+    uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
+    uses += core.get("layers", 1) * core["loops"] if core else 0
+    T, d = m["max_seq_len"], m["d_model"]
+    assert report.flops.attention_uses == uses
+    paper = 2 * (report.effective_paper - report.embedding) * T + 4 * uses * T * T * d
+    assert report.flops.forward_per_sequence == paper
+    assert report.flops.head_per_sequence == 2 * m["vocab_size"] * d * T
+    assert report.flops.train_per_token == 3 * report.flops.forward_per_sequence / T
+
+
 @SOME
 @given(spec=valid_specs())
 def test_compile_is_deterministic_and_ignores_key_order(spec):
