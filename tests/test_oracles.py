@@ -482,3 +482,22 @@ def test_every_registered_kind_names_its_oracle_test():
     assert not stale, f"oracle entries for kinds no longer registered: {stale}"
     for test in ORACLES.values():
         assert test.__name__.startswith("test_") and globals()[test.__name__] is test
+
+
+@pytest.mark.parametrize("taps", [1, 2, 4])
+def test_loop_parts_start_where_the_docs_say_when_the_spec_leaves_them_to_defaults(tmp_path, taps):
+    """The blend's raw weights default to [1, 0, ...] (all on the newest state), the gate's
+    sigmoid(a) to 0.9 in every channel; the loop table is sin/cos of the loop number."""
+    sets = (
+        f"blocks.core.state_mix={{kind: hyper, taps: {taps}}}",
+        "blocks.core.gate={kind: lti}",
+        "blocks.core.loop_embedding={kind: sinusoidal, dim: 8, max_loops: 5}",
+    )
+    _, module = compile_variant(tmp_path, f"defaults_{taps}", sets)
+    model = build(module)
+    expected = torch.tensor([1.0] + [0.0] * (taps - 1))
+    torch.testing.assert_close(model.state_mix.weights.detach(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.sigmoid(model.gate.a.detach()), torch.full((64,), 0.9))
+    proj = model.loop_embedding.proj.weight.detach()
+    for r in range(5):
+        torch.testing.assert_close(model.loop_embedding(r).detach(), oracles.loop_embedding(r, 8, proj))
