@@ -166,7 +166,7 @@ def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- a whole model
 
-_ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "causal": True}
+ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "causal": True}
 
 
 def _sub(sd: Weights, prefix: str) -> Weights:
@@ -199,7 +199,7 @@ class Reference:
         return swiglu(x, w) if self.ffn_kind == "swiglu" else gelu_mlp(x, w)
 
     def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
-        a = {**_ATTENTION_DEFAULTS, **attn}
+        a = {**ATTENTION_DEFAULTS, **attn}
         w = _sub(self.sd, prefix)
         if a["kind"] == "cross":
             return cross(x, *kv, w, self.n_heads, a["causal"])

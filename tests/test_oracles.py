@@ -141,7 +141,7 @@ def n_heads(spec: dict) -> int:
 
 
 def attention_spec(spec: dict, block: str) -> dict:
-    return {**oracles._ATTENTION_DEFAULTS, **spec["blocks"][block]["attention"]}
+    return {**oracles.ATTENTION_DEFAULTS, **spec["blocks"][block]["attention"]}
 
 
 # ----------------------------------------------------------------------------- whole models
