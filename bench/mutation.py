@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -460,10 +461,18 @@ MUTANTS = [
     ),
     Mutant(
         "runtime/checkpoint.py",
-        "    if final.exists():\n        _remove(final)\n",
+        "        os.replace(final, old)\n",
         "",
         CHECKPOINTS,
-        "saving a step again does not clear the old folder",
+        "saving a step again does not set the old folder aside",
+    ),
+    Mutant(
+        "runtime/checkpoint.py",
+        "        if old is not None:  # the new one cannot take its place: the old one stays\n"
+        "            os.replace(old, final)\n",
+        "",
+        CHECKPOINTS,
+        "a failed re-save of a step loses the folder it replaced",
     ),
     Mutant(
         "runtime/atomic.py",
@@ -716,6 +725,7 @@ def main() -> int:
         return 0
 
     base = scratch_copy()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still clean the scratch copy up
     rows, fates = [], {}
     try:
         for i in chosen:

@@ -129,6 +129,21 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_whole_and_resu
     assert names == (["step_0000010", "step_0000020"] if keep == 2 else ["step_0000020"])
 
 
+@pytest.mark.parametrize("n", range(1, len(CHECKPOINT_WRITES) + 1), ids=CHECKPOINT_WRITES)
+def test_a_failed_save_of_a_step_that_exists_keeps_the_old_folder_of_that_step(tmp_path, monkeypatch, n):
+    """Resuming from an older checkpoint trains through saved steps again; a failed save of one of
+    them leaves the folder already there, whole (the old one is set aside only until the new one
+    is in place)."""
+    model, optimizer = model_and_optimizer(0)
+    path = checkpoint.save(tmp_path, 10, model, optimizer, {"loss": 1.0}, keep=2)
+    fail_checkpoint_write(monkeypatch, n)
+    with pytest.raises(Injected):
+        checkpoint.save(tmp_path, 10, model, optimizer, {"loss": 2.0}, keep=2)
+    monkeypatch.undo()
+    assert assert_every_visible_checkpoint_is_complete(tmp_path) == ["step_0000010"]
+    assert checkpoint.read_state(path)["loss"] == 1.0
+
+
 def test_a_training_run_whose_checkpoint_write_fails_resumes_from_the_previous_one(tmp_path, monkeypatch):
     """The loop's second checkpoint (step 4) fails at its state.json: the run stops with the
     error, step 2 is the newest checkpoint, and --resume auto trains on from it to the end."""
