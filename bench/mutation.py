@@ -13,6 +13,7 @@ killed / all. Not run by CI: it takes tens of minutes.
     python bench/mutation.py --list                # the mutants, one a line
     python bench/mutation.py                       # run them all; a table and the score
     python bench/mutation.py --only 3,17 --timeout 300 --out bench/results/mutation.txt
+    python bench/mutation.py --baseline --only 1  # first: the unmutated copy passes every owning set
 """
 
 from __future__ import annotations
@@ -671,28 +672,50 @@ def scratch_copy() -> Path:
     return base
 
 
-def run_mutant(base: Path, m: Mutant, timeout: int) -> tuple[str, float, str]:
-    """Apply ``m`` in the scratch copy, run its tests, restore the file: (fate, seconds, last line)."""
+def run_tests(base: Path, tests: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
+    """``pytest -x`` on ``tests`` in the scratch copy, importing cartspec from there."""
     repo = base / "repo"
-    path = repo / m.file
-    original = path.read_text()
     env = {
         **os.environ,
         "PYTHONPATH": f"{base / 'boot'}{os.pathsep}{repo}",
         "HYPOTHESIS_PROFILE": "ci",  # derandomized: a mutant's fate reproduces
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def baseline(base: Path, mutants: list[Mutant], timeout: int) -> bool:
+    """Every owning test set passes on the unmutated copy, so a failure under a mutant is the mutant's."""
+    ok = True
+    for tests in dict.fromkeys(m.tests for m in mutants):
+        start = time.perf_counter()
+        proc = run_tests(base, tests, timeout)
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        print(
+            f"baseline {'passed' if proc.returncode == 0 else 'FAILED'} {time.perf_counter() - start:6.1f}s  "
+            f"{' '.join(tests)}  ({lines[-1] if lines else ''})",
+            flush=True,
+        )
+        ok = ok and proc.returncode == 0
+    return ok
+
+
+def run_mutant(base: Path, m: Mutant, timeout: int) -> tuple[str, float, str]:
+    """Apply ``m`` in the scratch copy, run its tests, restore the file: (fate, seconds, last line)."""
+    repo = base / "repo"
+    path = repo / m.file
+    original = path.read_text()
     start = time.perf_counter()
     try:
         path.write_text(original.replace(m.old, m.new, 1))
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        proc = run_tests(base, m.tests, timeout)
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
         failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
         last = (failed or lines or proc.stderr.strip().splitlines() or [""])[-1]
@@ -714,6 +737,9 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated mutant numbers (1-based)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per mutant")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--baseline", action="store_true", help="first run each owning test set unmutated (must pass)"
+    )
     args = parser.parse_args()
 
     check(MUTANTS)
@@ -728,6 +754,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still clean the scratch copy up
     rows, fates = [], {}
     try:
+        if args.baseline and not baseline(base, [MUTANTS[i - 1] for i in chosen], args.timeout):
+            print("the unmutated copy fails its own tests: no mutant can be judged")
+            return 1
         for i in chosen:
             m = MUTANTS[i - 1]
             fate, seconds, last = run_mutant(base, m, args.timeout)
