@@ -75,9 +75,18 @@ def save(
     (tmp / "state.json").write_text(json.dumps(body, indent=2))
     for f in tmp.iterdir():
         _fsync(f)
-    if final.exists():
-        _remove(final)
-    os.replace(tmp, final)
+    old = None
+    if final.exists():  # saved before (a resumed run trains through it again): set it aside
+        old = final.with_name(f".{final.name}.{os.getpid()}.old")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:  # the new one cannot take its place: the old one stays
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     _fsync(root)
     for old in list_checkpoints(run_dir)[:-keep]:
         _remove(old)

@@ -445,3 +445,18 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert newest is not None and newest.name == "step_0000004"
     weights = load_file(str(newest / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_read_state_requires_every_file_of_the_checkpoint(tmp_path, model_and_optimizer):
+    """A folder missing any one of its safetensors files is named incomplete, before any load."""
+    from cartspec.errors import UserError
+
+    model, optimizer = model_and_optimizer
+    path = checkpoint.save(tmp_path, 1, model, optimizer, {}, keep=1)
+    for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        data = (path / name).read_bytes()
+        (path / name).unlink()
+        with pytest.raises(UserError, match=f"incomplete checkpoint, {name} is missing"):
+            checkpoint.read_state(path)
+        (path / name).write_bytes(data)
+    checkpoint.read_state(path)

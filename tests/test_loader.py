@@ -343,3 +343,17 @@ def test_a_mapping_created_by_set_is_located_at_the_set(cli, base):
         "",
         "--set share.0=x: share: input should be a valid list\n",
     )
+
+
+def test_flow_nesting_is_accepted_up_to_64_levels_and_refused_past_them(tmp_path):
+    """The limit is exact: 64 nested flow collections load, 65 are one located problem."""
+    from cartspec.errors import SpecError
+    from cartspec.loader import read_yaml
+
+    at_limit = tmp_path / "at_limit.yaml"
+    at_limit.write_text("description: " + "[" * 64 + "]" * 64 + "\n")
+    assert read_yaml(at_limit).data["description"] is not None
+    past = tmp_path / "past.yaml"
+    past.write_text("description: " + "[" * 65 + "]" * 65 + "\n")
+    with pytest.raises(SpecError, match="nested too deeply"):
+        read_yaml(past)

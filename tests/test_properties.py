@@ -70,6 +70,24 @@ def test_the_per_block_table_sums_to_the_totals(spec):
     assert report.embedding + report.non_embedding == report.stored
 
 
+@MANY
+@given(spec=valid_specs())
+def test_forward_flops_follow_the_papers_formula_over_every_attention_use(spec):
+    """docs/accounting.md: forward = 2 x (effective (paper) - embedding) x T + 4 x A x T^2 x d, with
+    A one attention use per stack, prelude and coda layer and core.layers per loop."""
+    report = account(resolved(spec).graph)
+    m, blocks = spec["model"], spec["blocks"]
+    core = blocks.get("core")
+    uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
+    uses += core.get("layers", 1) * core["loops"] if core else 0
+    T, d = m["max_seq_len"], m["d_model"]
+    assert report.flops.attention_uses == uses
+    paper = 2 * (report.effective_paper - report.embedding) * T + 4 * uses * T * T * d
+    assert report.flops.forward_per_sequence == paper
+    assert report.flops.head_per_sequence == 2 * m["vocab_size"] * d * T
+    assert report.flops.train_per_token == 3 * report.flops.forward_per_sequence / T
+
+
 @SOME
 @given(spec=valid_specs())
 def test_compile_is_deterministic_and_ignores_key_order(spec):
@@ -325,3 +343,69 @@ def test_sharing_survives_a_state_dict_and_a_safetensors_round_trip(out_dir, spe
     checkpoint.load_weights(folder, restored)
     assert sharing(restored) == sharing(model)
     assert all(torch.equal(v, saved[k]) for k, v in restored.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- FLOPs and the oracle
+
+
+def flop_counter_view(spec: dict, report) -> int:
+    """The report's forward FLOPs plus the head, as FlopCounterMode sees them (docs/accounting.md):
+    it counts matmuls only, so the norms (2 x their parameters x T per use) and the paper's once-only
+    loop control (the gate and the blend are elementwise) drop out, and the loop-embedding projection
+    is one matmul of one table row per loop, not one per token."""
+    m, blocks = spec["model"], spec["blocks"]
+    d, T = m["d_model"], m["max_seq_len"]
+    per_norm = 2 * (1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2) * d * T
+    layer_uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
+    core = blocks.get("core")
+    loop_control = visible = 0
+    if core is not None:
+        layer_uses += core.get("layers", 1) * core["loops"]
+        if (core.get("gate") or {}).get("kind") == "lti":
+            loop_control += 2 * d * T
+        if "state_mix" in core:
+            loop_control += 2 * core["state_mix"].get("taps", 3) * T
+        if "loop_embedding" in core:
+            dim = core["loop_embedding"].get("dim", 32)
+            loop_control += 2 * dim * d * T
+            visible += core["loops"] * 2 * dim * d
+    norms = (2 * layer_uses + 1) * per_norm
+    return report.flops.forward_per_sequence + report.flops.head_per_sequence - norms - loop_control + visible
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_flop_counter_on_the_meta_device_agrees_with_the_reported_flops(out_dir, spec):
+    """Multi-layer cores, GQA, every kind: the paper's convention, checked against torch's count.
+    Once the terms FlopCounterMode cannot see are taken out, the two agree exactly (the issue asks
+    for 0.5%; exact also catches a wrong norm or loop-control term, which is smaller than that)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    r = resolved(spec)
+    module, _ = compiled_module(r, out_dir)
+    with torch.device("meta"):
+        model = module.Model()
+    idx = torch.zeros(1, spec["model"]["max_seq_len"], dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(idx)
+    counted, expected = counter.get_total_flops(), flop_counter_view(spec, account(r.graph))
+    assert counted == expected, f"FlopCounterMode {counted:,} vs report {expected:,}"
+
+
+@TORCH
+@given(spec=valid_specs())
+@corners
+def test_generated_logits_equal_the_independent_oracle(out_dir, spec):
+    """tests/oracles.py runs the drawn spec from its data and the generated model's weights."""
+    from gen_helpers import randomize_
+    from oracles import model_logits
+
+    _, model = build(spec, out_dir)
+    randomize_(model, seed=3).eval()
+    idx, _ = batch(spec)
+    with torch.no_grad():
+        logits, _ = model(idx)
+    expected = model_logits(spec, model.state_dict(), idx)
+    scale = expected.abs().max().clamp_min(1.0)
+    torch.testing.assert_close(logits / scale, expected / scale, rtol=1e-4, atol=1e-4)

@@ -312,3 +312,35 @@ def test_the_optimizer_shrinks_exactly_the_decayed_parameters(small_cart, decay)
         decays = decay == "all" or p.ndim >= 2
         expected = before[n] * (1 - 0.01 * 0.1) if decays else before[n]
         assert torch.allclose(p, expected, rtol=0, atol=1e-9), n
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+
+def test_gradient_accumulation_averages_over_the_global_batch(tmp_path):
+    """4 sequences in one micro-batch, or 2 x 2 accumulated: the same step, so the same loss and
+    the same gradient norm (summing the micro-batches' gradients would double it, which AdamW's
+    scale-free update alone would hardly show)."""
+    from gen_helpers import BYTES_CART_SETS
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Verse {i}: and it was so, {i % 7} times." for i in range(300)))
+    base = [
+        *BYTES_CART_SETS,
+        f"train.data.source={corpus}",
+        "train.steps=1",
+        "train.grad_clip=null",
+        "train.eval.batches=2",
+        "train.log_interval=1",
+    ]
+    records = []
+    for i, sets in enumerate((["train.micro_batch=4"], ["train.micro_batch=2", "train.grad_accum=2"])):
+        out = tmp_path / f"run{i}"
+        train(
+            resolve(CART_TINY, [*base, *sets]),
+            Options(out=out, device="cpu", cache_dir=tmp_path / "cache", progress=False),
+        )
+        records.append(next(r for r in map(json.loads, (out / "metrics.jsonl").open()) if "loss" in r))
+    one, accumulated = records
+    assert accumulated["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert accumulated["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)

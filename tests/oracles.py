@@ -1,0 +1,279 @@
+"""Test-only reference computations of every component kind, written from the definitions in
+README.md and docs/ (not from cartspec's templates or generated code, which this module never
+imports): plain tensor arithmetic on float32 tensors, attention as an explicit masked softmax with
+an explicit query-head -> K/V-head table, RoPE as a per-pair rotation, the loop table computed on
+the fly.
+
+Each function takes the weights it needs as tensors; :func:`model_logits` runs a whole model from
+its spec data (the plain dict a spec file loads to, defaults applied here from the docs) and a
+generated model's ``state_dict`` (read by name, so a wrongly wired weight cannot hide).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+Weights = dict[str, torch.Tensor]
+
+# ----------------------------------------------------------------------------- the kinds
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W^T: a bias-free Linear whose weight is [out, in]."""
+    return torch.einsum("...i,oi->...o", x, w)
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight, over the channel axis."""
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias, the biased variance over channels."""
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def swiglu(x: torch.Tensor, w: Weights) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)), silu(z) = z * sigmoid(z)."""
+    g = linear(x, w["gate_proj.weight"])
+    return linear(g * torch.sigmoid(g) * linear(x, w["up_proj.weight"]), w["down_proj.weight"])
+
+
+def gelu_mlp(x: torch.Tensor, w: Weights) -> torch.Tensor:
+    """proj(gelu(fc(x))), the exact (erf) GELU: z * Phi(z)."""
+    z = linear(x, w["fc.weight"])
+    return linear(z * 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))), w["proj.weight"])
+
+
+def heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, T, n * D] -> [B, n, T, D]: head j is channels j*D .. (j+1)*D - 1."""
+    B, T, C = x.shape
+    return torch.stack([x[..., j * (C // n) : (j + 1) * (C // n)] for j in range(n)], dim=1)
+
+
+def unheads(y: torch.Tensor) -> torch.Tensor:
+    """[B, n, T, D] -> [B, T, n * D], heads side by side in order."""
+    return torch.cat([y[:, j] for j in range(y.shape[1])], dim=-1)
+
+
+def rope(x: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotate-half RoPE over the full head dim: channel i pairs with i + D/2, and the pair at
+    position t turns by the angle t * base^(-2i/D)."""
+    T, D = x.shape[-2], x.shape[-1]
+    half = D // 2
+    i = torch.arange(half, dtype=torch.float64)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * base ** (-2.0 * i / D)[None, :]
+    cos, sin = angle.cos().float(), angle.sin().float()
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+
+
+def kv_head_of(n_heads: int, kv_heads: int) -> list[int]:
+    """GQA pairing: query heads come in kv_heads consecutive groups; group g reads K/V head g."""
+    return [h // (n_heads // kv_heads) for h in range(n_heads)]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v per head; causal: query t sees keys 0..t only.
+    q is [B, H, T, D]; k, v are [B, KV, S, D] with KV dividing H (the pairing of kv_head_of)."""
+    H, KV = q.shape[1], k.shape[1]
+    index = kv_head_of(H, KV)
+    k, v = k[:, index], v[:, index]
+    scores = torch.einsum("bhtd,bhsd->bhts", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        t = torch.arange(q.shape[-2])[:, None]
+        s = torch.arange(k.shape[-2])[None, :]
+        scores = scores.masked_fill(s > t, float("-inf"))
+    weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return torch.einsum("bhts,bhsd->bhtd", weights, v)
+
+
+def mha(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, causal: bool) -> torch.Tensor:
+    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K."""
+    head_dim = x.shape[-1] // n_heads
+    kv = w["k_proj.weight"].shape[0] // head_dim
+    q = heads(linear(x, w["q_proj.weight"]), n_heads)
+    k = heads(linear(x, w["k_proj.weight"]), kv)
+    v = heads(linear(x, w["v_proj.weight"]), kv)
+    if rope_base is not None:
+        q, k = rope(q, rope_base), rope(k, rope_base)
+    return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
+
+
+def mla(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, causal: bool) -> torch.Tensor:
+    """Full-rank Q; K and V both up-projected from one latent kv_down(x); RoPE on Q and K."""
+    latent = linear(x, w["kv_down.weight"])
+    q = heads(linear(x, w["q_proj.weight"]), n_heads)
+    k = heads(linear(latent, w["k_up.weight"]), n_heads)
+    v = heads(linear(latent, w["v_up.weight"]), n_heads)
+    if rope_base is not None:
+        q, k = rope(q, rope_base), rope(k, rope_base)
+    return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
+
+
+def cross(
+    x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: Weights, n_heads: int, causal: bool
+) -> torch.Tensor:
+    """Queries from x, K and V the anchor's ([B, KV, T, D]); no RoPE."""
+    q = heads(linear(x, w["q_proj.weight"]), n_heads)
+    return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
+
+
+def anchor_mla_kv(x: torch.Tensor, w: Weights, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of every head up-projected from one latent kv_down(x); no RoPE."""
+    latent = linear(x, w["kv_down.weight"])
+    return heads(linear(latent, w["k_up.weight"]), n_heads), heads(linear(latent, w["v_up.weight"]), n_heads)
+
+
+def anchor_kv(x: torch.Tensor, w: Weights, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-rank K and V with kv_heads heads (from the weight shapes); no RoPE."""
+    kv = w["k_proj.weight"].shape[0] // head_dim
+    return heads(linear(x, w["k_proj.weight"]), kv), heads(linear(x, w["v_proj.weight"]), kv)
+
+
+def lti_gate(h_in: torch.Tensor, block_out: torch.Tensor, a: torch.Tensor, form: str) -> torch.Tensor:
+    """cart: sigmoid(a) * h_in + block(h_in); contractive: sigmoid(a) * h_in + (block(h_in) - h_in)."""
+    decay = 1.0 / (1.0 + torch.exp(-a))
+    return decay * h_in + (block_out if form == "cart" else block_out - h_in)
+
+
+def residual_gate(h_in: torch.Tensor, block_out: torch.Tensor) -> torch.Tensor:
+    """h_in + block(h_in), the block keeping its own residual."""
+    return h_in + block_out
+
+
+def hyper_mix(states: list[torch.Tensor], raw: torch.Tensor) -> torch.Tensor:
+    """sum_i softmax(raw)_i * states[i], states[0] the newest."""
+    p = torch.exp(raw - raw.max())
+    p = p / p.sum()
+    return sum(p[i] * s for i, s in enumerate(states))
+
+
+def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
+    """proj(table[r]), table[r, 2i] = sin(r / 10000^(2i/dim)), table[r, 2i + 1] = cos(the same)."""
+    row = torch.empty(dim, dtype=torch.float64)
+    for i in range(dim // 2):
+        angle = r / 10000.0 ** (2 * i / dim)
+        row[2 * i], row[2 * i + 1] = math.sin(angle), math.cos(angle)
+    return linear(row.float(), proj)
+
+
+# ----------------------------------------------------------------------------- a whole model
+
+ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "causal": True}
+
+
+def _sub(sd: Weights, prefix: str) -> Weights:
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+class Reference:
+    """A whole model from its spec data and a generated model's weights (its state_dict)."""
+
+    def __init__(self, spec: dict[str, Any], sd: Weights):
+        m = spec["model"]
+        self.sd = {k: v.detach().float() for k, v in sd.items()}
+        self.d = m["d_model"]
+        self.head_dim = m.get("head_dim", 64)
+        self.n_heads = self.d // self.head_dim
+        self.ffn_kind = (m.get("ffn") or {}).get("kind", "swiglu")
+        norm = m.get("norm") or {}
+        self.norm_kind, self.eps = norm.get("kind", "rmsnorm"), norm.get("eps", 1e-6)
+        self.tied = m.get("tie_embeddings", True)
+        self.blocks = spec["blocks"]
+
+    def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        w = _sub(self.sd, prefix)
+        if self.norm_kind == "rmsnorm":
+            return rmsnorm(x, w["weight"], self.eps)
+        return layernorm(x, w["weight"], w["bias"], self.eps)
+
+    def ffn(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        w = _sub(self.sd, prefix)
+        return swiglu(x, w) if self.ffn_kind == "swiglu" else gelu_mlp(x, w)
+
+    def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
+        a = {**ATTENTION_DEFAULTS, **attn}
+        w = _sub(self.sd, prefix)
+        if a["kind"] == "cross":
+            return cross(x, *kv, w, self.n_heads, a["causal"])
+        base = a["rope_base"] if a["rope"] else None
+        run = mha if a["kind"] == "mha" else mla
+        return run(x, w, self.n_heads, base, a["causal"])
+
+    def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
+        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
+        x = x + self.attention(self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", attn, kv)
+        return x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.")
+
+    def anchor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = _sub(self.sd, "anchor.")
+        if self.blocks["anchor"].get("kind", "mla_kv") == "mla_kv":
+            return anchor_mla_kv(x, w, self.n_heads)
+        return anchor_kv(x, w, self.head_dim)
+
+    def core_block(self, x: torch.Tensor, r: int, kv) -> torch.Tensor:
+        """One loop of the core: its layers in a row, each with its residuals."""
+        core = self.blocks["core"]
+        prefix = "core." if core.get("shared", True) else f"core.{r}."
+        n = core.get("layers", 1)
+        for j in range(n):
+            x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv)
+        return x
+
+    def loop_step(self, h_in: torch.Tensor, r: int, kv) -> torch.Tensor:
+        gate = self.blocks["core"].get("gate")
+        out = self.core_block(h_in, r, kv)
+        if gate is None:
+            return out
+        if gate["kind"] == "residual":
+            return residual_gate(h_in, out)
+        return lti_gate(h_in, out, self.sd["gate.a"], gate.get("form", "cart"))
+
+    def logits(self, idx: torch.Tensor, loops: int | None = None) -> torch.Tensor:
+        x = self.sd["embedding.weight"][idx]
+        embedded = x
+        for name in ("stack", "prelude"):
+            block = self.blocks.get(name)
+            for i in range(block["layers"] if block else 0):
+                x = self.layer(x, f"{name}.{i}.", block["attention"])
+        core = self.blocks.get("core")
+        if core is not None:
+            x = self.loop(x, embedded, core, core["loops"] if loops is None else loops)
+        coda = self.blocks.get("coda")
+        for i in range(coda["layers"] if coda else 0):
+            x = self.layer(x, f"coda.{i}.", coda["attention"])
+        x = self.norm(x, "norm.")
+        return linear(x, self.sd["embedding.weight" if self.tied else "head.weight"])
+
+    def loop(self, e: torch.Tensor, embedded: torch.Tensor, core: dict, loops: int) -> torch.Tensor:
+        anchor = self.blocks.get("anchor")
+        every_loop = anchor is not None and anchor.get("recompute", "never") == "every_loop"
+        kv = None
+        if anchor is not None and not every_loop:
+            kv = self.anchor(embedded if anchor.get("from", "prelude") == "embedding" else e)
+        mix, table = core.get("state_mix"), core.get("loop_embedding")
+        states = [e] * mix.get("taps", 3) if mix is not None else [e]
+        for r in range(loops):
+            h_in = hyper_mix(states, self.sd["state_mix.weights"]) if mix is not None else states[0]
+            if table is not None:
+                h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
+            if every_loop:
+                kv = self.anchor(h_in)
+            h = self.loop_step(h_in, r, kv)
+            states = [h, *states[:-1]]
+        return states[0]
+
+
+def model_logits(
+    spec: dict[str, Any], sd: Weights, idx: torch.Tensor, loops: int | None = None
+) -> torch.Tensor:
+    """The logits of the model ``spec`` describes, with the weights ``sd``."""
+    with torch.no_grad():
+        return Reference(spec, sd).logits(idx, loops)
