@@ -51,6 +51,8 @@ RUNFILES = ("tests/test_failure_injection.py", "tests/test_rundir.py")
 DATA = ("tests/test_data.py",)
 RUNTIME = ("tests/test_runtime.py",)
 LOADER = ("tests/test_loader.py",)
+DECODING = ("tests/test_decoding.py",)
+DEPTH = ("tests/test_depth.py",)
 
 C, T = "cartspec/components/", "cartspec/codegen/templates/"
 
@@ -121,7 +123,7 @@ MUTANTS = [
     ),
     Mutant(
         C + "anchor.py",
-        'return self.model_copy(update={"kv_heads": self.kv_heads or m.n_heads})',
+        'return self.model_copy(update={"kv_heads": kv_heads_or_all(m, self.kv_heads)})',
         'return self.model_copy(update={"kv_heads": self.kv_heads or 1})',
         FORMULAS,
         "anchor kv_heads defaults to 1 (MQA) instead of the query heads",
@@ -615,6 +617,77 @@ MUTANTS = [
         "                    out[key] = value",
         LOADER,
         "extends replaces mappings instead of merging them",
+    ),
+    # ------------------------------------------------------------------ cached decoding, sampled depth
+    Mutant(
+        "cartspec/codegen/templates/heads.py.j2",
+        "mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)",
+        "mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(0)",
+        DECODING,
+        "a prefill after cached positions masks as if the cache were empty",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/heads.py.j2",
+        "    if T == 1:  # one new token sees every cached position\n        return F.scaled_dot_product_attention(q, k, v)",
+        "    if T == 1:  # one new token sees every cached position\n        return F.scaled_dot_product_attention(q, k[..., :1, :], v[..., :1, :])",
+        DECODING,
+        "one new token sees only the first cached position",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/rotary.py.j2",
+        "cos, sin = self.cos[start : start + T], self.sin[start : start + T]",
+        "cos, sin = self.cos[:T], self.sin[:T]",
+        DECODING,
+        "RoPE ignores the cached positions' offset",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/cache.py.j2",
+        "        self.length = end\n",
+        "",
+        DECODING,
+        "the cache forgets how many positions it holds",
+    ),
+    Mutant(
+        "cartspec/codegen/forward.py",
+        '"    k, v = cache.anchor.extend(k, v)  # earlier positions\' K, V come from the cache",',
+        '"    k, v = k, v  # earlier positions\' K, V come from the cache",',
+        DECODING,
+        "the anchor's K, V are not cached: new tokens cross-attend to themselves only",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/schedule.py.j2",
+        "return [(r, None, r >= loops - tail) for r in range(loops)]",
+        "return [(r, None, r > loops - tail) for r in range(loops)]",
+        DEPTH,
+        "truncated backprop keeps gradients through one loop too few",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/schedule.py.j2",
+        "return plan + [(without + j, j < with_grad, True) for j in range(int(with_grad.max()))]",
+        "return plan + [(j, j < with_grad, True) for j in range(int(with_grad.max()))]",
+        DEPTH,
+        "per-sequence loops with gradients restart the loop index at 0",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/schedule.py.j2",
+        "return new if running is None else torch.where(running[:, None, None], new, old)",
+        "return new",
+        DEPTH,
+        "a sequence past its own depth keeps looping",
+    ),
+    Mutant(
+        "runtime/depth.py",
+        "depth = int(rng.poisson(tau)) + 1",
+        "depth = int(rng.poisson(tau))",
+        DEPTH,
+        "Huginn's draw without its + 1",
+    ),
+    Mutant(
+        "cartspec/accounting.py",
+        "return (3 * self.static_flops + (3 * with_grad + without) * self.per_loop_flops) / seq_len",
+        "return (3 * self.static_flops + 3 * (with_grad + without) * self.per_loop_flops) / seq_len",
+        DEPTH,
+        "loops without gradients charged a backward pass",
     ),
 ]
 

@@ -8,6 +8,7 @@ groups whose members must be identical) and report every problem at its ``file:l
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from cartspec.architecture import Architecture, share_members
 from cartspec.errors import Problem, SpecError
@@ -313,3 +314,22 @@ def _check_depth(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
     table = core.loop_embedding
     if table is not None and top > table.max_loops:
         problems.append(((*at, "max"), f"{top} loops exceed the loop table's {table.max_loops} rows"))
+
+
+MIN_TEXT_VOCAB = 258  # a bpe or bytes tokenizer: the 256-byte alphabet, BOS and EOS
+
+
+def check_trainable(spec: Spec, loaded: Loaded | None = None) -> None:
+    """What ``train`` needs beyond a well-formed model: a vocabulary its tokenizer fits in.
+
+    ``params`` and ``compile`` accept any vocabulary (a model is well defined at V = 40); ``validate``
+    and ``train`` also ask this, so a spec that validates is one that trains. A folder source may
+    hold pre-tokenized ``.bin`` files, which need no tokenizer: it is left to the runtime.
+    """
+    data, vocab = spec.train.data, spec.model.vocab_size
+    text = not data.source.endswith(".bin") and not Path(data.source).expanduser().is_dir()
+    if text and data.tokenizer in ("bpe", "bytes") and vocab < MIN_TEXT_VOCAB:
+        why = f"{vocab} is below the {MIN_TEXT_VOCAB} tokens a {data.tokenizer} tokenizer needs (256 bytes, BOS, EOS)"
+        raise _located(
+            [(("model", "vocab_size"), f"{why}; use train.data.tokenizer: file or .bin data")], loaded
+        )

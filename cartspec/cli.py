@@ -93,13 +93,16 @@ def validate(
     specs: Annotated[list[Path], typer.Argument(help="Spec files.", show_default=False)],
     set_: Sets = [],
 ) -> None:  # noqa: B006
-    """Check specs: schema, semantics, sizes. Prints one line per spec; every problem at once."""
+    """Check specs: schema, semantics, sizes, and that train can run them. One line per spec;
+    every problem at once."""
+    from cartspec.checks import check_trainable
     from cartspec.resolve import resolve
 
     problems = []
     for path in specs:
         try:
             r = resolve(path, set_)
+            check_trainable(r.spec, r.loaded)
         except SpecError as e:
             problems.extend(e.problems)
             continue
@@ -238,6 +241,7 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
+    from cartspec.checks import check_trainable
     from cartspec.resolve import resolve
     from cartspec.runtime.device import pick_device
     from cartspec.runtime.loop import Options, TrainingDiverged
@@ -254,6 +258,7 @@ def train(
                 raise UserError(f"{flag}: expected one of {', '.join(choices)}, got {value!r}")
             overrides.append(f"train.{key}={value}")
     resolved = resolve(spec, overrides)
+    check_trainable(resolved.spec, resolved.loaded)  # before any work: a vocabulary its tokenizer fits
     if nproc > 1:
         from cartspec.runtime import distributed
 

@@ -14,7 +14,7 @@ from cartspec.files import TooLarge, Unreadable, read_bounded
 
 SPEC = """\
 name: hostile
-model: {vocab_size: 40, d_model: 16, max_seq_len: 8, head_dim: 8}
+model: {vocab_size: 300, d_model: 16, max_seq_len: 8, head_dim: 8}
 blocks: {stack: {layers: 1, attention: {kind: mha}}}
 """
 ONE_LINE = re.compile(r"^[^\n]+: \S[^\n]*$")
@@ -88,7 +88,7 @@ def test_read_bounded_reads_what_it_is_given_and_no_more(tmp_path):
 
 
 def test_an_integer_past_the_digit_limit_in_a_spec_is_located(here, cli):
-    (here / "spec.yaml").write_text(SPEC.replace("vocab_size: 40", f"vocab_size: {HUGE}"))
+    (here / "spec.yaml").write_text(SPEC.replace("vocab_size: 300", f"vocab_size: {HUGE}"))
     line = refused(cli("validate", "spec.yaml"), "spec.yaml:2:21: model.vocab_size: cannot read this value")
     assert HUGE not in line and "set_int_max_str_digits" not in line
 

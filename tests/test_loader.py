@@ -15,7 +15,7 @@ from cartspec.loader import load
 
 BASE = """
     name: base
-    model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+    model: {vocab_size: 300, d_model: 32, max_seq_len: 16, head_dim: 8}
     blocks:
       prelude: {layers: 2, attention: {kind: mla}}
       anchor: {from: prelude}
@@ -202,7 +202,7 @@ def test_an_inherited_key_is_located_in_the_base(cli, write_spec, base):
     rc, _, err = cli("validate", "spec.yaml", "--set", "model.head_dim=12")
     assert rc == 2
     assert err.splitlines() == [
-        "base.yaml:2:25: model.d_model: 32 is not divisible by head_dim 12",
+        "base.yaml:2:26: model.d_model: 32 is not divisible by head_dim 12",
         "spec.yaml:4:9: train.seq_len: 12 exceeds model.max_seq_len 8",
     ]
 

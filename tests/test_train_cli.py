@@ -541,3 +541,14 @@ def test_a_fifo_in_a_run_folder_never_blocks(run_cli, run, cache):
     )
     assert rc == 0, err
     assert json.loads(out)["rows"][0]["loops"] == 4
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_a_vocabulary_too_small_for_the_tokenizer_is_refused_before_training(cli, tmp_path, command):
+    """What validate accepts, train runs: a bpe or bytes tokenizer needs 258 ids (params still counts it)."""
+    args = (command, str(CART_TINY), "--set", "model.vocab_size=64", "--set", "train.data.tokenizer=bytes")
+    rc, out, err = cli(*args, *(["--out", str(tmp_path / "run")] if command == "train" else []))
+    assert rc == 2, (out, err)
+    assert "model.vocab_size: 64 is below the 258 tokens a bytes tokenizer needs" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert cli("params", str(CART_TINY), "--set", "model.vocab_size=64")[0] == 0

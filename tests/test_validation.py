@@ -557,7 +557,7 @@ def test_loop_embedding_table_must_cover_every_loop(cli, write_spec):
 def test_sharing_compares_sizes_so_a_default_equals_the_value_it_stands_for(cli, write_spec):
     write_spec("""
         name: t
-        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        model: {vocab_size: 300, d_model: 32, max_seq_len: 16, head_dim: 8}
         blocks:
           prelude: {layers: 2, attention: {kind: mha}}
           coda: {layers: 2, attention: {kind: mha, kv_heads: 4}}   # 32 / 8: the default's value
@@ -568,7 +568,7 @@ def test_sharing_compares_sizes_so_a_default_equals_the_value_it_stands_for(cli,
     assert rc == 0, err
     write_spec("""
         name: t
-        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        model: {vocab_size: 300, d_model: 32, max_seq_len: 16, head_dim: 8}
         blocks:
           prelude: {layers: 2, attention: {kind: mla, kv_latent: 8}}   # 32 / 4: the default's value
           coda: {layers: 2, attention: {kind: mla}}
@@ -785,7 +785,7 @@ def test_validate_reports_good_specs_and_every_problem_of_the_bad_ones(cli, writ
     write_spec(
         """
         name: good
-        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        model: {vocab_size: 300, d_model: 32, max_seq_len: 16, head_dim: 8}
         blocks:
           stack: {layers: 1, attention: {kind: mha}}
         """,
@@ -794,7 +794,7 @@ def test_validate_reports_good_specs_and_every_problem_of_the_bad_ones(cli, writ
     write_spec(
         """
         name: bad
-        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        model: {vocab_size: 300, d_model: 32, max_seq_len: 16, head_dim: 8}
         blocks:
           stack: {layers: 0, attention: {kind: mha}}   # line 4
         """,
