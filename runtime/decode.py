@@ -53,7 +53,7 @@ def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: decoding never trains
 def decode(
     model: nn.Module,
     prompt: list[int],
