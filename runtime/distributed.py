@@ -69,8 +69,14 @@ def setup(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def teardown(world: World) -> None:
+def teardown(world: World, together: bool = False) -> None:
+    """Leave the process group. After a run every rank finished, ``together`` waits for all of
+    them first: a rank that destroys the group while another still completes a collective can
+    abort at exit (gloo's "terminate called without an active exception"). After an error a rank
+    leaves at once, since the others may never arrive."""
     if world.active and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -86,9 +86,12 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
     world = distributed.world_from_env()
     device = distributed.setup(world, pick_device(options.device))
     try:
-        return _train(resolved, options, world, device)
-    finally:
-        distributed.teardown(world)
+        summary = _train(resolved, options, world, device)
+    except BaseException:
+        distributed.teardown(world)  # at once: the other ranks may never reach a barrier
+        raise
+    distributed.teardown(world, together=True)
+    return summary
 
 
 def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
