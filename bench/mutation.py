@@ -684,8 +684,8 @@ MUTANTS = [
     ),
     Mutant(
         "cartspec/accounting.py",
-        "return (3 * self.static_flops + (3 * with_grad + without) * self.per_loop_flops) / seq_len",
-        "return (3 * self.static_flops + 3 * (with_grad + without) * self.per_loop_flops) / seq_len",
+        "return (3 * static + (3 * with_grad + without) * per_loop) / seq_len",
+        "return (3 * static + 3 * (with_grad + without) * per_loop) / seq_len",
         DEPTH,
         "loops without gradients charged a backward pass",
     ),

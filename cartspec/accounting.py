@@ -17,7 +17,7 @@ formulas (:mod:`cartspec.components`); this module only sums them (docs/accounti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from cartspec.graph import ModelGraph
 from cartspec.schedule import schedule
@@ -71,7 +71,7 @@ class DepthCost:
 
     def train_per_token(self, without: float, with_grad: float, seq_len: int) -> float:
         """Training FLOPs per token of a step running these loops without and with gradients."""
-        return (3 * self.static_flops + (3 * with_grad + without) * self.per_loop_flops) / seq_len
+        return train_flops_per_token(self.static_flops, self.per_loop_flops, without, with_grad, seq_len)
 
 
 @dataclass(frozen=True)
@@ -147,19 +147,30 @@ def _depth_cost(graph: ModelGraph, forward: int, effective: int) -> DepthCost | 
     loop_flops = sum(g.flops for g in loop if not g.loop_control)  # loop control counts once, as the paper's
     loop_params = sum(g.params for g in loop)
     R, T = graph.arch.core.loops, graph.arch.model.max_seq_len
-    cost = DepthCost(
+    static = forward - R * loop_flops
+    mean = plan.mean_depth
+
+    def per_token(without: float, with_grad: float) -> float:
+        return train_flops_per_token(static, loop_flops, without, with_grad, T)
+
+    return DepthCost(
         kind=plan.kind,
         per=plan.per,
         backprop=plan.backprop,
-        mean_depth=plan.mean_depth,
+        mean_depth=mean,
         max_depth=plan.max,
-        train_per_token_expected=0.0,
-        train_per_token_max=0.0,
-        effective_mean=effective + (plan.mean_depth - R) * loop_params,
+        train_per_token_expected=per_token(*plan.expected_split(graph.arch.spec.train.micro_batch)),
+        train_per_token_max=per_token(*plan.split(plan.max)),
+        effective_mean=effective + (mean - R) * loop_params,
         effective_max=effective + (plan.max - R) * loop_params,
         per_loop_flops=loop_flops,
-        static_flops=forward - R * loop_flops,
+        static_flops=static,
     )
-    expected = cost.train_per_token(*plan.expected_split(graph.arch.spec.train.micro_batch), T)
-    deepest = cost.train_per_token(*plan.split(plan.max), T)
-    return replace(cost, train_per_token_expected=expected, train_per_token_max=deepest)
+
+
+def train_flops_per_token(
+    static: int, per_loop: int, without: float, with_grad: float, seq_len: int
+) -> float:
+    """Training FLOPs per token of a step running loops without and with gradients: forward and
+    backward (3x) for everything with gradients, forward only for the loops without."""
+    return (3 * static + (3 * with_grad + without) * per_loop) / seq_len
