@@ -29,7 +29,7 @@ def test_every_registered_kind_has_its_template(family):
             assert (TEMPLATES / kind.template).is_file(), f"{kind.__name__}: no {kind.template}"
 
 
-def test_the_spec_accepts_exactly_the_registered_attention_kinds():
+def test_the_spec_accepts_every_registered_attention_kind():
     from cartspec.schema import Spec
 
     schema = Spec.model_json_schema(by_alias=True)
