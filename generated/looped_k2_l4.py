@@ -223,7 +223,7 @@ class CoreBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: list[LayerKV] | None = None, start: int = 0) -> torch.Tensor:
         kvs = kv if kv is not None else [None] * len(self.layers)  # one cache per layer when decoding
-        for layer, layer_kv in zip(self.layers, kvs):
+        for layer, layer_kv in zip(self.layers, kvs, strict=True):
             x = layer(x, layer_kv, start)
         return x
 
