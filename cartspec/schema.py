@@ -8,7 +8,7 @@ them into stages. Rules that need more than one field live in :mod:`cartspec.che
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -50,6 +50,19 @@ class ModelConfig(Strict):
     init_std: float = Field(
         0.02, gt=0, le=1, description="Std of the normal init of every Linear and the embedding."
     )
+    embedding_scale: Literal["sqrt_d"] | Annotated[float, Field(gt=0, le=1e4)] = Field(
+        1.0,
+        description="Multiplies the token embeddings before the first block: a number, or sqrt_d (Huginn: sqrt(d_model)).",
+    )
+
+    @field_validator("embedding_scale", mode="before")
+    @classmethod
+    def _one_scale(cls, v: object) -> object:
+        """One message for a wrong scale, not one per member of the union."""
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if v == "sqrt_d" or (number and 0 < v <= 1e4):
+            return v
+        raise ValueError(f"must be a number in (0, 10^4] or sqrt_d, got {v!r}")
 
     @property
     def n_heads(self) -> int:
@@ -59,6 +72,11 @@ class ModelConfig(Strict):
     @property
     def ffn_hidden(self) -> int:
         return self.ffn.hidden_for(self.d_model)
+
+    @property
+    def scales_embedding(self) -> bool:
+        """The embeddings are multiplied by a factor other than 1 before the first block."""
+        return self.embedding_scale != 1
 
 
 # ----------------------------------------------------------------------------- blocks

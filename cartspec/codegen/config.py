@@ -28,6 +28,16 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         ConfigEntry(name="norm_eps", type="float", value=repr(m.norm.eps)),
         ConfigEntry(name="init_std", type="float", value=repr(m.init_std)),
     ]
+    if m.embedding_scale == "sqrt_d":
+        entries.append(
+            ConfigEntry(
+                name="embedding_scale", type="float", rule="math.sqrt(self.d_model)", comment="sqrt(d_model)"
+            )
+        )
+    elif m.scales_embedding:
+        entries.append(
+            ConfigEntry(name="embedding_scale", type="float", value=repr(float(m.embedding_scale)))
+        )
     if arch.rope_base is not None:
         entries.append(ConfigEntry(name="rope_base", type="float", value=repr(arch.rope_base)))
     for name in ("stack", "prelude"):

@@ -9,11 +9,18 @@ from cartspec.codegen.layout import wrap
 def forward_context(arch: Architecture, core: dict | None) -> dict:
     """Template context for forward: a dense stack runs its layers; a looped model its loop."""
     if core is None:
-        lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", "x = self.embedding(idx)"]
+        lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", _embed(arch)]
         for stage in arch.stages:  # the stack
             lines += _stage_lines(stage.name)
         return {"forward_lines": lines, "cache": _cache_context(arch)}
     return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch), "cache": _cache_context(arch)}
+
+
+def _embed(arch: Architecture) -> str:
+    """The token embeddings, scaled when the spec says so (Huginn multiplies them by sqrt(d))."""
+    if arch.model.scales_embedding:
+        return "x = self.embedding(idx) * self.config.embedding_scale"
+    return "x = self.embedding(idx)"
 
 
 def _stage_lines(name: str) -> list[str]:
@@ -107,7 +114,7 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     step_body = c.gate.step(out) if c.gate is not None else out
     step_doc = c.gate.step_doc() if c.gate is not None else "h = core(h_in)"
 
-    lines = ["x = self.embedding(idx)"]
+    lines = [_embed(arch)]
     prelude = arch.stage("prelude")
     if prelude:
         lines += _stage_lines("prelude")
