@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from cartspec.components.base import ConfigEntry, Strict
 
@@ -26,6 +26,17 @@ class FFN(Strict):
         description="Hidden width. Default: swiglu ceil(int(8d/3)/multiple_of)*multiple_of (CART), gelu 4d.",
     )
     multiple_of: int = Field(256, ge=1, le=4096, description="Rounding of the default swiglu hidden width.")
+    fused: bool = Field(
+        False,
+        description="swiglu only: one gate_up Linear (d -> 2 hidden, gate half first) instead of gate_proj and up_proj (Huginn's fc).",
+    )
+
+    @field_validator("fused")
+    @classmethod
+    def _fuses_a_gate(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("kind") == "gelu":
+            raise ValueError("only swiglu has a gate and an up projection to fuse")
+        return v
 
     def hidden_for(self, d_model: int) -> int:
         """The hidden width this FFN resolves to at width ``d_model``."""
@@ -43,11 +54,11 @@ class FFN(Strict):
 
     @property
     def class_name(self) -> str:
-        return _KINDS[self.kind][1]
+        return ("Fused" if self.fused else "") + _KINDS[self.kind][1]
 
     @property
     def template(self) -> str:
-        return _KINDS[self.kind][2]
+        return "fused_swiglu.py.j2" if self.fused else _KINDS[self.kind][2]
 
     def config_entry(self, d_model: int) -> ConfigEntry:
         """``ffn_hidden``: the spec's width, or the default rule as a property of d_model."""
