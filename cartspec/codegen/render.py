@@ -32,6 +32,8 @@ class AttentionClass:
     rope: bool
     causal: bool
     grouped: bool = False  # GQA/MQA: K, V heads repeated to the query heads
+    fused: bool = False  # one qkv matrix
+    qk_bias: bool = False  # a learned bias on Q and K before RoPE
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def _model_class_name(name: str, attention_classes: dict, layers: dict) -> str:
 
 def _attention_class(a: Attention, arch: Architecture) -> AttentionClass:
     m = arch.model
-    return AttentionClass(a.class_name(m), a.template, a.rope, a.causal, a.grouped(m))
+    fused, qk_bias = getattr(a, "fused_qkv", False), getattr(a, "qk_bias", False)  # mha's options
+    return AttentionClass(a.class_name(m), a.template, a.rope, a.causal, a.grouped(m), fused, qk_bias)
 
 
 def _layer_classes(arch: Architecture) -> dict[str, tuple[LayerClass, str]]:
