@@ -14,6 +14,7 @@ from typing import Any
 from cartspec.components.anchor import Anchor
 from cartspec.components.attention import Attention
 from cartspec.components.loop import LoopPart
+from cartspec.components.norm import NORMS_PER_LAYER
 from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
 
 LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the order they may run
@@ -21,11 +22,12 @@ LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the 
 
 @dataclass(frozen=True)
 class Stage:
-    """A run of identical pre-norm layers (stack, prelude or coda), its attention resolved."""
+    """A run of identical layers (stack, prelude or coda), its attention and norm placement resolved."""
 
     name: str
     layers: int
     attention: Attention
+    placement: str  # pre | sandwich
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Architecture:
     rope_base: float | None  # None: no block uses RoPE
     stages: tuple[Stage, ...]  # stack, or prelude then coda (the core runs between them)
     anchor: Anchor | None
-    core: Core | None  # its attention resolved
+    core: Core | None  # its attention and norm placement resolved
 
     @property
     def name(self) -> str:
@@ -61,19 +63,20 @@ class Architecture:
         """Every attention in stage order (core last)."""
         return [s.attention for s in self.stages] + ([self.core.attention] if self.core else [])
 
-    def layer_parts(self, attention: Attention) -> dict[str, int]:
-        """Parameters of one pre-norm layer: attention, FFN and its two norms."""
+    def layer_parts(self, attention: Attention, placement: str) -> dict[str, int]:
+        """Parameters of one layer: attention, FFN and its norms (two pre-norm, four sandwich)."""
         m = self.model
         return {
             "attn": attention.params(m),
             "ffn": m.ffn.params(m.d_model),
-            "norms": 2 * m.norm.params(m.d_model),
+            "norms": NORMS_PER_LAYER[placement] * m.norm.params(m.d_model),
         }
 
-    def layer_flops(self, attention: Attention) -> int:
+    def layer_flops(self, attention: Attention, placement: str) -> int:
         """Forward FLOPs per sequence of one layer."""
         m, T = self.model, self.model.max_seq_len
-        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T)
+        norms = NORMS_PER_LAYER[placement] * m.norm.flops(m.d_model, T)
+        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + norms
 
     def shareable(self) -> dict[str, tuple]:
         """Every module a ``share:`` group may name, with its structure: members of one group
@@ -81,10 +84,10 @@ class Architecture:
         out: dict[str, tuple] = {}
         for stage in self.stages:
             for i in range(stage.layers):
-                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention))
+                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention), stage.placement)
         c = self.core
         if c is not None:
-            signature = ("core", c.layers, _structure(c.attention))
+            signature = ("core", c.layers, _structure(c.attention), c.norm_placement)
             for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
                 out[module] = signature
         return out
@@ -111,11 +114,16 @@ def resolve_architecture(spec: Spec) -> Architecture:
     """The spec's architecture with every default size made concrete (the spec passed the checks)."""
     m, b = spec.model, spec.blocks
     stages = tuple(
-        Stage(name, stack.layers, stack.attention.resolved(m))
+        Stage(name, stack.layers, stack.attention.resolved(m), stack.norm_placement or m.norm.placement)
         for name in LAYER_STAGES
         if (stack := getattr(b, name)) is not None
     )
-    core = b.core.model_copy(update={"attention": b.core.attention.resolved(m)}) if b.core else None
+    core = None
+    if b.core is not None:
+        placement = b.core.norm_placement or m.norm.placement
+        core = b.core.model_copy(
+            update={"attention": b.core.attention.resolved(m), "norm_placement": placement}
+        )
     roped = [a for a in [s.attention for s in stages] + ([core.attention] if core else []) if a.rope]
     return Architecture(
         spec=spec,

@@ -266,6 +266,15 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"cross attention to '{core.attention.to}', but the spec defines no such anchor (blocks.anchor)",
             )
         )
+    if core.gate is not None and core.gate.takes_update:
+        at = ("blocks", "core", "norm_placement") if core.norm_placement else ("model", "norm", "placement")
+        if (core.norm_placement or spec.model.norm.placement) == "sandwich":
+            problems.append(
+                (
+                    at,
+                    "a sandwich core renormalises its output, so it has no update delta for the contractive gate",
+                )
+            )
     le = core.loop_embedding
     if le is not None and le.max_loops < core.loops:
         problems.append(

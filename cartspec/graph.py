@@ -119,7 +119,11 @@ def build_graph(arch: Architecture) -> ModelGraph:
             return prev
         for i in range(stage.layers):
             module = f"{name}.{i}"
-            add_group(module, "layer", arch.layer_parts(stage.attention), arch.layer_flops(stage.attention))
+            parts, flops = (
+                arch.layer_parts(stage.attention, stage.placement),
+                arch.layer_flops(stage.attention, stage.placement),
+            )
+            add_group(module, "layer", parts, flops)
             prev = use(Use(module, name, module, module, attention=1), prev)
         outputs[name] = prev
         return prev
@@ -148,8 +152,8 @@ def build_graph(arch: Architecture) -> ModelGraph:
 
 def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
     m, core, anchor = arch.model, arch.core, arch.anchor
-    parts = {k: v * core.layers for k, v in arch.layer_parts(core.attention).items()}
-    flops = core.layers * arch.layer_flops(core.attention)
+    parts = {k: v * core.layers for k, v in arch.layer_parts(core.attention, core.norm_placement).items()}
+    flops = core.layers * arch.layer_flops(core.attention, core.norm_placement)
     for module in ["core"] if core.shared else [f"core.{r}" for r in range(core.loops)]:
         add_group(module, "core", dict(parts), flops)
     modules = [p for p in arch.loop_parts() if p.attribute]  # with weights: gate, state mix, loop embedding

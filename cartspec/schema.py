@@ -16,7 +16,7 @@ from cartspec.components import kinds, union
 from cartspec.components.anchor import Anchor
 from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
-from cartspec.components.norm import Norm
+from cartspec.components.norm import Norm, Placement
 
 __all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
 
@@ -83,10 +83,13 @@ class ModelConfig(Strict):
 
 
 class Stack(Strict):
-    """A run of identical pre-norm layers: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """A run of identical layers: x + attn(norm(x)), then x + ffn(norm(x)) (pre-norm), or with each sum normalised too (sandwich)."""
 
     layers: int = Field(..., ge=1, le=1024, description="Number of layers.")
     attention: SelfAttention = Field(..., description="Self-attention of every layer.")
+    norm_placement: Placement | None = Field(
+        None, description="pre or sandwich for this stage's layers; null: model.norm.placement."
+    )
 
 
 class Core(Strict):
@@ -107,6 +110,9 @@ class Core(Strict):
     )
     loop_embedding: LoopSignal | None = Field(
         None, description="Loop-index signal added to h_in; null: none."
+    )
+    norm_placement: Placement | None = Field(
+        None, description="pre or sandwich for the core's layers; null: model.norm.placement."
     )
     checkpoint: bool = Field(
         False, description="Per-loop activation checkpointing (recompute each loop in backward)."

@@ -43,6 +43,7 @@ class LayerClass:
     attn_cls: str
     size_arg: str
     rope: bool
+    sandwich: bool  # norm(x + f(norm(x))): four norms
 
 
 @cache
@@ -115,7 +116,7 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
 # layer classes): the model class must shadow none of them.
 BUILDING_BLOCKS = frozenset(
     {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "FusedSwiGLU", "MLP", "AnchorKV", "LTIGate", "StateMix"}
-    | {"LoopEmbedding", "CoreBlock", "CoreLayer"}
+    | {"LoopEmbedding", "CoreBlock", "CoreLayer", "SandwichLayer"}
 )
 
 
@@ -134,20 +135,23 @@ def _attention_class(a: Attention, arch: Architecture) -> AttentionClass:
 
 
 def _layer_classes(arch: Architecture) -> dict[str, tuple[LayerClass, str]]:
-    """One layer class per distinct attention, for each stage: (class, its size argument).
+    """One layer class per distinct attention and norm placement, for each stage: (class, its size
+    argument).
 
-    A single structure is ``Layer``; several are named for their attention
+    A single structure is ``Layer`` (``SandwichLayer``); several are named for their attention
     (``LatentSelfAttentionLayer``), so the coda is never built from a class named for another stage.
     """
-    by_attention: dict[str, list[Stage]] = {}
+    by_structure: dict[tuple[str, str], list[Stage]] = {}
     for stage in arch.stages:
-        by_attention.setdefault(stage.attention.class_name(arch.model), []).append(stage)
+        by_structure.setdefault((stage.attention.class_name(arch.model), stage.placement), []).append(stage)
     out: dict[str, tuple[LayerClass, str]] = {}
-    for attn_cls, stages in by_attention.items():
+    for (attn_cls, placement), stages in by_structure.items():
         a = stages[0].attention
-        name = "Layer" if len(by_attention) == 1 else f"{attn_cls}Layer"
+        sandwich = placement == "sandwich"
+        kind = "Sandwich" if sandwich else ""
+        name = f"{kind}Layer" if len(by_structure) == 1 else f"{attn_cls}{kind}Layer"
         doc = f"A transformer layer ({', '.join(s.name for s in stages)})"
-        cls = LayerClass(name, doc, attn_cls, a.size_arg, a.rope)
+        cls = LayerClass(name, doc, attn_cls, a.size_arg, a.rope, sandwich)
         for stage in stages:
             out[stage.name] = (cls, f"config.{stage.name}_{a.size_arg}")
     return out
@@ -171,6 +175,7 @@ def _core_context(arch: Architecture) -> dict:
         "layer_cls": "CoreBlock" if core.layers == 1 else "CoreLayer",
         "layer_doc": f"The core {'block' if core.layers == 1 else 'layer'}: {what}",
         "contractive": contractive,
+        "sandwich": core.norm_placement == "sandwich",
         "shared": core.shared,
         "unfrozen": arch.anchor is not None and arch.anchor.recompute == "every_loop",
     }
