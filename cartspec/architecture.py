@@ -90,6 +90,9 @@ class Architecture:
             signature = ("core", c.layers, _structure(c.attention), c.norm_placement)
             for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
                 out[module] = signature
+            if c.out_norm:
+                out["core_out_norm"] = ("norm",)
+        out["norm"] = ("norm",)  # the final norm
         return out
 
     def loop_parts(self) -> list[LoopPart]:

@@ -133,11 +133,15 @@ def build_graph(arch: Architecture) -> ModelGraph:
         add_group("anchor", "anchor", {"kv": arch.anchor.params(m)}, arch.anchor.flops(m, T))
         if arch.anchor.recompute == "never":
             use(Use("anchor", "anchor", "anchor", "anchor"), outputs[arch.anchor.from_])
+    norm = {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T)
     if arch.core is not None:
         last = _run_core(arch, last, add_group, use, edges)
+        if arch.core.out_norm:
+            add_group("core_out_norm", "norm", *norm)
+            last = use(Use("core_out_norm", "core_out_norm", "core_out_norm", "core_out_norm"), last)
     last = run_stage("coda", last)
 
-    add_group("norm", "norm", {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T))
+    add_group("norm", "norm", *norm)
     last = use(Use("norm", "norm", "norm", "norm"), last)
     if m.tie_embeddings:
         use(Use("head", "head", "embedding", "embedding", call=False), last)

@@ -114,6 +114,11 @@ class Core(Strict):
     norm_placement: Placement | None = Field(
         None, description="pre or sandwich for the core's layers; null: model.norm.placement."
     )
+    out_norm: bool = Field(
+        False,
+        description="A norm on the loop's last state, before the coda (module core_out_norm). "
+        "Huginn's ln_f runs here and before the head: share it with `share: [{name: ln_f, members: [core_out_norm, norm]}]`.",
+    )
     checkpoint: bool = Field(
         False, description="Per-loop activation checkpointing (recompute each loop in backward)."
     )

@@ -607,7 +607,7 @@ def test_sharing_group_member_must_name_a_module(cli, write_spec):
             members: [prelude.0, prelude.7]   # line 8
         """)
     assert errors(cli) == [
-        "spec.yaml:8:26: share.0.members.1: 'prelude.7' names no shareable module (have: prelude.0, prelude.1, coda.0)"
+        "spec.yaml:8:26: share.0.members.1: 'prelude.7' names no shareable module (have: prelude.0, prelude.1, coda.0, norm)"
     ]
 
 
@@ -654,7 +654,7 @@ def test_a_one_module_group_is_reported_even_after_another_groups_error(cli, wri
             members: [prelude.1, prelude.1]   # line 8
         """)
     assert errors(cli) == [
-        "spec.yaml:6:41: share.0.members.1: 'prelude.9' names no shareable module (have: prelude.0, prelude.1)",
+        "spec.yaml:6:41: share.0.members.1: 'prelude.9' names no shareable module (have: prelude.0, prelude.1, norm)",
         "spec.yaml:8:5: share.1.members: a sharing group needs at least two distinct modules",
     ]
 

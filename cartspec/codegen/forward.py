@@ -179,6 +179,8 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         "    cache.loops_used.append(loops)",
         "x = states[0]" if c.state_mix is not None else "x = h",
     ]
+    if c.out_norm:
+        lines.append("x = self.core_out_norm(x)")
     if arch.stage("coda"):
         lines += _stage_lines("coda")
     return {

@@ -91,6 +91,7 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "config_checks": config_checks(arch, entries),
         "norm_template": m.norm.template,
         "norm_ctor": m.norm.constructor,
+        "norm_line": _final_norm(graph, m.norm.constructor),
         "ffn_template": m.ffn.template,
         "ffn_cls": m.ffn.class_name,
         "rope": arch.rope_base is not None,
@@ -193,6 +194,8 @@ def _summary(arch: Architecture) -> str:
     if arch.core:
         kind = "shared" if arch.core.shared else "unshared"
         parts.append(f"{kind} core x {arch.core.loops} loops")
+        if arch.core.out_norm:
+            parts.append("out norm")
     if coda:
         parts.append(f"coda ({coda.layers})")
     parts += ["norm", "tied head" if arch.model.tie_embeddings else "head"]
@@ -251,10 +254,21 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
         parts = [p for p in arch.loop_parts() if p.attribute]
         for part in [p for p in parts if not p.on_output] + [p for p in parts if p.on_output]:
             lines.append(f"self.{part.attribute} = {part.constructor()}")
+        if core.out_norm:
+            lines.append(f"self.core_out_norm = {arch.model.norm.constructor}  # on the loop's last state")
     coda = arch.stage("coda")
     if coda:
         build_stage(coda)
     return lines
+
+
+def _final_norm(graph: ModelGraph, ctor: str) -> str:
+    """The final norm's construction: its own module, or the loop's out norm when a sharing group
+    makes them one (Huginn's ln_f, used after the loop and before the head)."""
+    group = graph.group_of("norm")
+    if len(group.members) > 1:
+        return f"self.core_out_norm  # sharing group '{group.name}': {', '.join(group.members)}"
+    return ctor
 
 
 def _block_items(arch: Architecture, graph: ModelGraph) -> list[str]:
