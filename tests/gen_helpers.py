@@ -107,6 +107,17 @@ VARIANTS = {
     ),
     "prelude_and_coda_without_core": (CART_TINY, ("blocks.anchor=null", "blocks.core=null")),
     "named_like_a_building_block": (CART_TINY, ("name=rotary",)),
+    "huginn_parts": (
+        CART_TINY,
+        (
+            "blocks.prelude.attention={kind: mha, fused_qkv: true, qk_bias: true}",
+            "model.ffn.fused=true",
+            "model.norm.placement=sandwich",
+            "model.embedding_scale=sqrt_d",
+            "blocks.core.out_norm=true",
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+        ),
+    ),
     "dense": (DENSE_TINY, ()),
     "dense_gqa": (DENSE_TINY, ("blocks.stack.attention.kv_heads=2",)),
     "dense_mqa_no_rope": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false}",)),

@@ -39,7 +39,11 @@ def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
 
 
 def swiglu(x: torch.Tensor, w: Weights) -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)), silu(z) = z * sigmoid(z)."""
+    """down(silu(gate(x)) * up(x)), silu(z) = z * sigmoid(z). Fused: gate_up's first hidden rows
+    are the gate, the rest the up projection."""
+    if "gate_up.weight" in w:
+        gate, up = w["gate_up.weight"].tensor_split(2, dim=0)
+        w = {"gate_proj.weight": gate, "up_proj.weight": up, "down_proj.weight": w["down_proj.weight"]}
     g = linear(x, w["gate_proj.weight"])
     return linear(g * torch.sigmoid(g) * linear(x, w["up_proj.weight"]), w["down_proj.weight"])
 
@@ -94,13 +98,27 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return torch.einsum("bhts,bhsd->bhtd", weights, v)
 
 
+def unfuse_qkv(w: Weights, n_heads: int, head_dim: int) -> Weights:
+    """A fused qkv matrix's rows are Q's (n_heads x head_dim), then K's, then V's (equal halves)."""
+    qkv = w["qkv.weight"]
+    q_rows = n_heads * head_dim
+    k, v = qkv[q_rows:].tensor_split(2, dim=0)
+    return {**w, "q_proj.weight": qkv[:q_rows], "k_proj.weight": k, "v_proj.weight": v}
+
+
 def mha(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, causal: bool) -> torch.Tensor:
-    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K."""
+    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K; with
+    qk_bias, its rows 0 and 1 are added to every position's Q and K heads before the rotation."""
     head_dim = x.shape[-1] // n_heads
+    if "qkv.weight" in w:
+        w = unfuse_qkv(w, n_heads, head_dim)
     kv = w["k_proj.weight"].shape[0] // head_dim
     q = heads(linear(x, w["q_proj.weight"]), n_heads)
     k = heads(linear(x, w["k_proj.weight"]), kv)
     v = heads(linear(x, w["v_proj.weight"]), kv)
+    if "qk_bias" in w:  # (2, 1, heads, head_dim) -> per head [heads, 1, head_dim]
+        q = q + w["qk_bias"][0, 0][:, None, :]
+        k = k + w["qk_bias"][1, 0][:, None, :]
     if rope_base is not None:
         q, k = rope(q, rope_base), rope(k, rope_base)
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
@@ -185,6 +203,9 @@ class Reference:
         self.ffn_kind = (m.get("ffn") or {}).get("kind", "swiglu")
         norm = m.get("norm") or {}
         self.norm_kind, self.eps = norm.get("kind", "rmsnorm"), norm.get("eps", 1e-6)
+        self.placement = norm.get("placement", "pre")
+        scale = m.get("embedding_scale", 1.0)
+        self.embedding_scale = math.sqrt(self.d) if scale == "sqrt_d" else scale
         self.tied = m.get("tie_embeddings", True)
         self.blocks = spec["blocks"]
 
@@ -207,10 +228,15 @@ class Reference:
         run = mha if a["kind"] == "mha" else mla
         return run(x, w, self.n_heads, base, a["causal"])
 
-    def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
-        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
-        x = x + self.attention(self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", attn, kv)
-        return x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.")
+    def layer(self, x: torch.Tensor, prefix: str, stage: dict, kv=None) -> torch.Tensor:
+        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x)); sandwich: each sum normalised again."""
+        x = x + self.attention(self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", stage["attention"], kv)
+        if stage.get("norm_placement", self.placement) == "sandwich":
+            x = self.norm(x, f"{prefix}attn_out_norm.")
+        x = x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.")
+        if stage.get("norm_placement", self.placement) == "sandwich":
+            x = self.norm(x, f"{prefix}ffn_out_norm.")
+        return x
 
     def anchor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = _sub(self.sd, "anchor.")
@@ -224,7 +250,7 @@ class Reference:
         prefix = "core." if core.get("shared", True) else f"core.{r}."
         n = core.get("layers", 1)
         for j in range(n):
-            x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv)
+            x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core, kv)
         return x
 
     def loop_step(self, h_in: torch.Tensor, r: int, kv) -> torch.Tensor:
@@ -237,18 +263,20 @@ class Reference:
         return lti_gate(h_in, out, self.sd["gate.a"], gate.get("form", "cart"))
 
     def logits(self, idx: torch.Tensor, loops: int | None = None) -> torch.Tensor:
-        x = self.sd["embedding.weight"][idx]
+        x = self.sd["embedding.weight"][idx] * self.embedding_scale
         embedded = x
         for name in ("stack", "prelude"):
             block = self.blocks.get(name)
             for i in range(block["layers"] if block else 0):
-                x = self.layer(x, f"{name}.{i}.", block["attention"])
+                x = self.layer(x, f"{name}.{i}.", block)
         core = self.blocks.get("core")
         if core is not None:
             x = self.loop(x, embedded, core, core["loops"] if loops is None else loops)
+            if core.get("out_norm"):
+                x = self.norm(x, "core_out_norm.")
         coda = self.blocks.get("coda")
         for i in range(coda["layers"] if coda else 0):
-            x = self.layer(x, f"coda.{i}.", coda["attention"])
+            x = self.layer(x, f"coda.{i}.", coda)
         x = self.norm(x, "norm.")
         return linear(x, self.sd["embedding.weight" if self.tied else "head.weight"])
 

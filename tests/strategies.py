@@ -148,11 +148,22 @@ def _self_attention(c: Chooser, d: int, heads: int, rope_base: float | None) -> 
     _maybe(c, a, "causal", c.boolean)
     if rope_base is not None:
         a["rope_base"] = rope_base
+    if kind == "mha":
+        _maybe(c, a, "fused_qkv", c.boolean)
+        # Huginn's qk_bias: one row per head; without RoPE the K half only shifts every score of a
+        # query alike, which softmax ignores (no gradient), so it is drawn with RoPE
+        if a.get("kv_heads", heads) == heads and a.get("rope", True):
+            _maybe(c, a, "qk_bias", c.boolean)
     return a
 
 
+PLACEMENTS = ["pre", "sandwich"]
+
+
 def _stack(c: Chooser, d: int, heads: int, rope_base: float | None, most: int = 3) -> dict:
-    return {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope_base)}
+    stack = {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope_base)}
+    _maybe(c, stack, "norm_placement", lambda: c.choice(PLACEMENTS))
+    return stack
 
 
 def valid_spec(c: Chooser) -> dict:
@@ -171,12 +182,16 @@ def valid_spec(c: Chooser) -> dict:
         ffn["hidden"] = c.integer(8, 96)
     elif ffn["kind"] == "swiglu":
         _maybe(c, ffn, "multiple_of", lambda: c.choice([16, 8, 32, 64]))
+    if ffn["kind"] == "swiglu":
+        _maybe(c, ffn, "fused", c.boolean)
     model["ffn"] = ffn
     norm: dict[str, Any] = {"kind": c.choice(["rmsnorm", "layernorm"])}
     _maybe(c, norm, "eps", lambda: c.choice([1e-6, 1e-5, 0.001]))
+    _maybe(c, norm, "placement", lambda: c.choice(PLACEMENTS))
     model["norm"] = norm
     _maybe(c, model, "tie_embeddings", c.boolean)
     _maybe(c, model, "init_std", lambda: c.choice([0.02, 0.1, 0.5]))
+    _maybe(c, model, "embedding_scale", lambda: c.choice(["sqrt_d", 0.5, 2.0]))
 
     rope_base = c.choice([None, 10000.0, 500.0])
     blocks: dict[str, Any] = {}
@@ -223,6 +238,12 @@ def valid_spec(c: Chooser) -> dict:
                 _maybe(c, core["gate"], "form", lambda: c.choice(["cart", "contractive"]))
             elif gate == "residual":
                 core["gate"] = {"kind": "residual"}
+            if core.get("gate", {}).get("form") == "contractive":  # needs an update delta: pre-norm
+                if norm.get("placement") == "sandwich" or c.boolean():
+                    core["norm_placement"] = "pre"
+            else:
+                _maybe(c, core, "norm_placement", lambda: c.choice(PLACEMENTS))
+            _maybe(c, core, "out_norm", c.boolean)
             if c.boolean():
                 mix: dict[str, Any] = {"kind": "hyper"}
                 taps = c.integer(1, 4)
@@ -241,6 +262,9 @@ def valid_spec(c: Chooser) -> dict:
             blocks["coda"] = _stack(c, d, heads, rope_base)
             if has["prelude"] and c.boolean():  # same structure, so prelude and coda may share
                 blocks["coda"]["attention"] = copy.deepcopy(blocks["prelude"]["attention"])
+                blocks["coda"].pop("norm_placement", None)
+                if "norm_placement" in blocks["prelude"]:
+                    blocks["coda"]["norm_placement"] = blocks["prelude"]["norm_placement"]
 
     spec: dict[str, Any] = {"name": _name(c)}
     _maybe(c, spec, "description", lambda: c.choice(["a tiny model", "x: 'y' # z"]))
@@ -270,8 +294,11 @@ def _share_groups(c: Chooser, blocks: dict) -> list[dict]:
     if core is not None and core.get("shared") is False and core["loops"] >= 2:
         candidates.append(c.choice([["core.loop[0]", "core.loop[1]"], ["core.*"]]))
     prelude, coda = blocks.get("prelude"), blocks.get("coda")
-    if prelude and coda and prelude["attention"] == coda["attention"]:
+    same = prelude and coda and prelude["attention"] == coda["attention"]
+    if same and prelude.get("norm_placement") == coda.get("norm_placement"):
         candidates.append(["prelude.0", "coda.0"])
+    if core is not None and core.get("out_norm"):
+        candidates.append(c.choice([["core_out_norm", "norm"], ["norm", "core_out_norm"]]))
     groups: list[dict] = []
     claimed: set[str] = set()
     for members in candidates:
@@ -292,6 +319,7 @@ def counts(spec: dict) -> tuple[int, int]:
     d, V, hd = m["d_model"], m["vocab_size"], m.get("head_dim", 64)
     heads = d // hd
     norm = d * (2 if m.get("norm", {}).get("kind") == "layernorm" else 1)
+    placement = m.get("norm", {}).get("placement", "pre")
     ffn = m.get("ffn", {})
     kind = ffn.get("kind", "swiglu")
     if "hidden" in ffn:
@@ -308,10 +336,12 @@ def counts(spec: dict) -> tuple[int, int]:
             return 2 * d * d
         if a["kind"] == "mla":
             return 2 * d * d + 3 * d * a.get("kv_latent", d // 4)
-        return 2 * d * d + 2 * d * a.get("kv_heads", heads) * hd
+        bias = 2 * d if a.get("qk_bias") else 0  # (2, 1, heads, head_dim)
+        return 2 * d * d + 2 * d * a.get("kv_heads", heads) * hd + bias
 
-    def layer(a: dict) -> int:
-        return attention(a) + ffn_p + 2 * norm
+    def layer(stage: dict) -> int:
+        norms = 4 if stage.get("norm_placement", placement) == "sandwich" else 2
+        return attention(stage["attention"]) + ffn_p + norms * norm
 
     modules: dict[str, tuple[int, int]] = {"embedding": (V * d, 1), "norm": (norm, 1)}
     if not m.get("tie_embeddings", True):
@@ -319,7 +349,7 @@ def counts(spec: dict) -> tuple[int, int]:
     for block in ("stack", "prelude", "coda"):
         if block in b:
             for i in range(b[block]["layers"]):
-                modules[f"{block}.{i}"] = (layer(b[block]["attention"]), 1)
+                modules[f"{block}.{i}"] = (layer(b[block]), 1)
     core = b.get("core")
     loops = core["loops"] if core else 0
     if "anchor" in b:
@@ -331,7 +361,9 @@ def counts(spec: dict) -> tuple[int, int]:
         )
         modules["anchor"] = (size, 1 if a.get("recompute", "never") == "never" else loops)
     if core:
-        size = core.get("layers", 1) * layer(core["attention"])
+        size = core.get("layers", 1) * layer(core)
+        if core.get("out_norm"):
+            modules["core_out_norm"] = (norm, 1)
         if core.get("shared", True):
             modules["core"] = (size, loops)
         else:
@@ -378,8 +410,9 @@ def shared_modules(spec: dict) -> list[list[str]]:
 
 
 def _module_order(module: str) -> tuple:
+    """Layers by block and index; the loop's out norm before the final norm (the order they run)."""
     block, _, index = module.partition(".")
-    return (block, int(index))
+    return (block, int(index)) if index else ({"core_out_norm": "", "norm": "~"}[block], 0)
 
 
 # ----------------------------------------------------------------------------- files

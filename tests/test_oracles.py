@@ -101,6 +101,24 @@ VARIANTS = {
         CART_TINY,
         ("model.norm.kind=layernorm", "model.ffn.kind=gelu", "model.tie_embeddings=false"),
     ),
+    # Huginn's layer: fused qkv with qk_bias, fused swiglu, sandwich norms, embeddings x sqrt(d)
+    "dense_huginn_layer": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: mha, fused_qkv: true, qk_bias: true}",
+            "model.ffn.fused=true",
+            "model.norm.placement=sandwich",
+            "model.embedding_scale=sqrt_d",
+        ),
+    ),
+    "sandwich_core_out_norm_shared": (
+        CART_TINY,
+        (
+            "blocks.core.norm_placement=sandwich",
+            "blocks.core.out_norm=true",
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+        ),
+    ),
 }
 
 
@@ -180,6 +198,7 @@ SELF_ATTENTION = {
         ("dense_gqa_bidirectional_gelu_layernorm_untied", "stack"),
         ("mha_prelude_bidirectional_coda", "prelude"),
         ("self_attn_core_gqa_two_layers", "core"),
+        ("dense_huginn_layer", "stack"),
     ],
     "mla": [
         ("dense_mla_latent", "stack"),
@@ -342,7 +361,7 @@ def _ffn_and_norm(variants, label: str):
 
 
 def test_swiglu_equals_the_oracle(variants):
-    for label in ("dense_mha", "cart"):
+    for label in ("dense_mha", "cart", "dense_huginn_layer"):
         spec, layer = _ffn_and_norm(variants, label)
         x = activations(B, T, spec["model"]["d_model"], seed=5)
         with torch.no_grad():
@@ -358,14 +377,14 @@ def test_gelu_mlp_equals_the_oracle(variants):
 
 
 def _norms(model):
-    """Every placement: before each mixer, before each FFN, and the final norm."""
+    """Every placement: before each mixer and FFN, after them (sandwich), after the loop, the final norm."""
     for name, module in model.named_modules():
-        if name == "norm" or name.endswith("attn_norm") or name.endswith("ffn_norm"):
+        if name in ("norm", "core_out_norm") or name.endswith(("attn_norm", "ffn_norm", "_out_norm")):
             yield name, module
 
 
 def test_rmsnorm_in_every_placement_equals_the_oracle(variants):
-    for label in ("dense_mha", "core_two_layers"):
+    for label in ("dense_mha", "core_two_layers", "dense_huginn_layer", "sandwich_core_out_norm_shared"):
         spec, model = variants[label]
         x = 3 * activations(B, T, spec["model"]["d_model"], seed=6) + 1
         eps = spec["model"]["norm"]["eps"]

@@ -350,17 +350,30 @@ def test_sharing_survives_a_state_dict_and_a_safetensors_round_trip(out_dir, spe
 
 def flop_counter_view(spec: dict, report) -> int:
     """The report's forward FLOPs plus the head, as FlopCounterMode sees them (docs/accounting.md):
-    it counts matmuls only, so the norms (2 x their parameters x T per use) and the paper's once-only
-    loop control (the gate and the blend are elementwise) drop out, and the loop-embedding projection
-    is one matmul of one table row per loop, not one per token."""
+    it counts matmuls only, so the norms (2 x their parameters x T per use), Huginn's qk_bias (added,
+    2 x 2d x T per use) and the paper's once-only loop control (the gate and the blend are
+    elementwise) drop out, and the loop-embedding projection is one matmul of one table row per
+    loop, not one per token."""
     m, blocks = spec["model"], spec["blocks"]
     d, T = m["d_model"], m["max_seq_len"]
     per_norm = 2 * (1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2) * d * T
-    layer_uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
+    placement = m.get("norm", {}).get("placement", "pre")
+
+    def norms_per_layer(stage: dict) -> int:
+        return 4 if stage.get("norm_placement", placement) == "sandwich" else 2
+
+    def biased(stage: dict) -> bool:
+        return bool(stage["attention"].get("qk_bias"))
+
+    stages = [blocks[b] for b in ("stack", "prelude", "coda") if b in blocks]
+    norm_uses = 1 + sum(s["layers"] * norms_per_layer(s) for s in stages)
+    bias_uses = sum(s["layers"] for s in stages if biased(s))
     core = blocks.get("core")
     loop_control = visible = 0
     if core is not None:
-        layer_uses += core.get("layers", 1) * core["loops"]
+        runs = core.get("layers", 1) * core["loops"]
+        norm_uses += runs * norms_per_layer(core) + (1 if core.get("out_norm") else 0)
+        bias_uses += runs if biased(core) else 0
         if (core.get("gate") or {}).get("kind") == "lti":
             loop_control += 2 * d * T
         if "state_mix" in core:
@@ -369,8 +382,8 @@ def flop_counter_view(spec: dict, report) -> int:
             dim = core["loop_embedding"].get("dim", 32)
             loop_control += 2 * dim * d * T
             visible += core["loops"] * 2 * dim * d
-    norms = (2 * layer_uses + 1) * per_norm
-    return report.flops.forward_per_sequence + report.flops.head_per_sequence - norms - loop_control + visible
+    unseen = norm_uses * per_norm + bias_uses * 2 * 2 * d * T + loop_control
+    return report.flops.forward_per_sequence + report.flops.head_per_sequence - unseen + visible
 
 
 @TORCH
