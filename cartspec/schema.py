@@ -144,7 +144,7 @@ class ShareGroup(Strict):
         ...,
         min_length=1,  # one glob (prelude.*) can name many; the graph checks for two distinct modules
         max_length=4096,
-        description="Module paths: prelude.0, coda.0, stack.3, core.loop[2] (unshared core), or block.* for all layers of a block.",
+        description="Module paths: prelude.0, coda.0, stack.3, core.loop[2] (unshared core), block.* for all layers of a block, or the norms norm and core_out_norm.",
     )
 
 
