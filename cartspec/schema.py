@@ -17,6 +17,7 @@ from cartspec.components.anchor import Anchor
 from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
 from cartspec.components.norm import Norm, Placement
+from cartspec.components.state import FromPrelude
 
 __all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
 
@@ -26,6 +27,8 @@ SelfAttention = union(tuple(k for k in kinds("attention") if not k.reads_anchor)
 Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
+Inject = union(kinds("inject"))
+InitState = union(kinds("init_state"))
 
 
 # ----------------------------------------------------------------------------- model-wide
@@ -110,6 +113,13 @@ class Core(Strict):
     )
     loop_embedding: LoopSignal | None = Field(
         None, description="Loop-index signal added to h_in; null: none."
+    )
+    inject: Inject | None = Field(
+        None, description="How each loop's input re-reads the prelude output e; null: it does not (CART)."
+    )
+    init_state: InitState = Field(
+        default_factory=lambda: FromPrelude(kind="prelude"),
+        description="Where the loop's state starts: prelude (e), zeros, or trunc_normal noise.",
     )
     norm_placement: Placement | None = Field(
         None, description="pre or sandwich for the core's layers; null: model.norm.placement."
