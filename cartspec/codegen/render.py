@@ -119,7 +119,7 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
 # layer classes): the model class must shadow none of them.
 BUILDING_BLOCKS = frozenset(
     {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "FusedSwiGLU", "MLP", "AnchorKV", "LTIGate", "StateMix"}
-    | {"LoopEmbedding", "CoreBlock", "CoreLayer", "SandwichLayer"}
+    | {"LoopEmbedding", "CoreBlock", "CoreLayer", "SandwichLayer", "ConcatInject", "InitialState"}
 )
 
 

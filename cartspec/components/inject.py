@@ -39,3 +39,26 @@ class Add(Inject):
 
     def doc(self) -> str:
         return "h + e"
+
+
+@register("inject")
+class Concat(Inject):
+    """h_in = adapter([h, e]): a learned Linear(2d -> d) on the state and e side by side, state first (Huginn's adapter)."""
+
+    attribute: ClassVar[str] = "inject"
+    weights: ClassVar[str] = "adapter"
+    template: ClassVar[str] = "concat_inject.py.j2"
+
+    kind: Literal["concat"]
+
+    def params(self, d_model: int) -> int:
+        return 2 * d_model * d_model
+
+    def constructor(self) -> str:
+        return "ConcatInject(config.d_model)"
+
+    def read(self, h: str, e: str) -> str:
+        return f"self.inject({h}, {e})"
+
+    def doc(self) -> str:
+        return "adapter([h, e])"

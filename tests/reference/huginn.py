@@ -65,7 +65,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def rotate_pairs(x: torch.Tensor, base: float) -> torch.Tensor:
     """Interleaved RoPE on x [B, T, H, D]: the pair (x[2i], x[2i+1]) turns by t * base^(-2i/D)."""
     T, D = x.shape[1], x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D)
+    inv_freq = 1.0 / base ** (torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D)
     angle = torch.arange(T, dtype=torch.float32, device=x.device)[:, None] * inv_freq[None, :]
     cos, sin = angle.cos()[None, :, None, :], angle.sin()[None, :, None, :]
     even, odd = x.float()[..., 0::2], x.float()[..., 1::2]
@@ -138,4 +138,5 @@ def forward(
     x = rms_norm(s, ln_f, cfg.eps)
     for i in range(cfg.coda_layers):
         x = sandwich_block(w, f"transformer.coda.{i}", cfg, x)
-    return (rms_norm(x, ln_f, cfg.eps) @ w["transformer.wte.weight"].t()).float()
+    logits = rms_norm(x, ln_f, cfg.eps) @ w["transformer.wte.weight"].t()
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))  # Huginn's .float(); float64 stays
