@@ -180,6 +180,12 @@ def hyper_mix(states: list[torch.Tensor], raw: torch.Tensor) -> torch.Tensor:
     return sum(p[i] * s for i, s in enumerate(states))
 
 
+def concat_inject(h: torch.Tensor, e: torch.Tensor, adapter: torch.Tensor) -> torch.Tensor:
+    """adapter [h, e]: the state's channels first, then e's, through one Linear(2d -> d)."""
+    d = h.shape[-1]
+    return linear(h, adapter[:, :d]) + linear(e, adapter[:, d:])
+
+
 def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
     """proj(table[r]), table[r, 2i] = sin(r / 10000^(2i/dim)), table[r, 2i + 1] = cos(the same)."""
     row = torch.empty(dim, dtype=torch.float64)
@@ -318,8 +324,11 @@ class Reference:
             h_in = hyper_mix(states, self.sd["state_mix.weights"]) if mix is not None else states[0]
             if table is not None:
                 h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
-            if (core.get("inject") or {}).get("kind") == "add":
+            inject = (core.get("inject") or {}).get("kind")
+            if inject == "add":
                 h_in = h_in + e
+            elif inject == "concat":
+                h_in = concat_inject(h_in, e, self.sd["inject.adapter.weight"])
             if every_loop:
                 kv = self.anchor(h_in)
             h = self.loop_step(h_in, r, kv)

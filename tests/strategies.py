@@ -267,7 +267,7 @@ def valid_spec(c: Chooser) -> dict:
                 core["init_state"] = {"kind": start}
             reads_input = core["attention"]["kind"] == "cross" or start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
-                core["inject"] = {"kind": "add"}
+                core["inject"] = {"kind": c.choice(["add", "concat"])}
             _maybe(c, core, "checkpoint", c.boolean)
             blocks["core"] = core
         if has["coda"]:
@@ -386,6 +386,8 @@ def counts(spec: dict) -> tuple[int, int]:
             modules["state_mix"] = (core["state_mix"].get("taps", 3), loops)
         if "loop_embedding" in core:
             modules["loop_embedding"] = (core["loop_embedding"].get("dim", 32) * d, loops)
+        if core.get("inject", {}).get("kind") == "concat":
+            modules["inject"] = (2 * d * d, loops)  # Linear(2d -> d)
 
     stored = sum(size for size, _ in modules.values())
     for group in spec.get("share", []):

@@ -119,6 +119,23 @@ VARIANTS = {
             "model.embedding_scale=sqrt_d",
         ),
     ),
+    # Huginn's loop: a noisy start, re-reading e through the concat adapter, no anchor
+    "huginn_loop": (
+        CART_TINY,
+        (
+            "blocks.anchor=null",
+            "blocks.core={loops: 3, layers: 2, attention: {kind: mha, fused_qkv: true, qk_bias: true}}",
+            "blocks.core.norm_placement=sandwich",
+            "blocks.core.inject={kind: concat}",
+            "blocks.core.init_state={kind: trunc_normal, scale: sqrt_d, seed: 5}",
+            "blocks.core.out_norm=true",
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+        ),
+    ),
+    "zero_start_add_inject": (
+        CART_TINY,
+        ("blocks.core.init_state={kind: zeros}", "blocks.core.inject={kind: add}"),
+    ),
     "sandwich_core_out_norm_shared": (
         CART_TINY,
         (
@@ -469,6 +486,21 @@ def test_loop_embedding_equals_the_oracle_at_every_row(variants):
                 same(model.loop_embedding(r), oracles.loop_embedding(r, table["dim"], proj))
 
 
+def test_inject_kinds_equal_the_oracle(variants):
+    """concat's module against its oracle, and whole loops reading e through add and concat."""
+    spec, model = variants["huginn_loop"]
+    d = spec["model"]["d_model"]
+    h, e = activations(B, T, d, seed=30), activations(B, T, d, seed=31)
+    with torch.no_grad():
+        same(model.inject(h, e), oracles.concat_inject(h, e, model.inject.adapter.weight))
+    for label in ("huginn_loop", "zero_start_add_inject"):
+        spec, model = variants[label]
+        idx = tokens(B, T, spec["model"]["vocab_size"], seed=32)
+        with torch.no_grad():
+            logits, _ = model(idx)
+        torch.testing.assert_close(logits, oracles.model_logits(spec, model.state_dict(), idx), **TOL)
+
+
 # ----------------------------------------------------------------------------- every kind has one
 
 # (family, kind) -> its oracle test; families as in cartspec.components.kinds, plus the FFN, norm
@@ -487,8 +519,10 @@ ORACLES = {
     ("norm", "layernorm"): test_layernorm_in_every_placement_equals_the_oracle,
     ("anchor", "mla_kv"): test_latent_anchor_equals_the_oracle,
     ("anchor", "kv"): test_full_rank_anchor_equals_the_oracle_repeated_to_the_query_heads,
+    ("inject", "add"): test_inject_kinds_equal_the_oracle,
+    ("inject", "concat"): test_inject_kinds_equal_the_oracle,
 }
-REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding")
+REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding", "inject")
 
 
 def registered_kinds() -> set[tuple[str, str]]:
