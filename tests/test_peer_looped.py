@@ -52,6 +52,8 @@ def test_core_only_spec_counts_equal_the_hand_computation(reports, name):
     }
     assert got == want
     assert r["flops"]["attention_uses"] == CORE_ONLY[name][0] * CORE_ONLY[name][1]
+    # nothing but the core runs per loop: every peer's unrolled convention is the unrolled network
+    assert r["unrolled"] == {"core_only": want["effective"], "recurrent_block": want["effective"]}
 
 
 def test_one_layer_looped_8_and_two_layers_looped_4_unroll_to_the_same_network(reports):
