@@ -845,3 +845,50 @@ def test_debug_flag_shows_the_traceback(run_cli, write_spec, spec_dir):
     rc, _, err = run_cli("--debug", "validate", "spec.yaml", cwd=spec_dir)
     assert rc == 1
     assert "Traceback" in err and "SpecError" in err and "36 is not divisible by head_dim 8" in err
+
+
+# ----------------------------------------------------------------------------- Huginn's parts
+
+
+HUGINN_LIKE = """
+    name: t
+    model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+    blocks:
+      core:
+        loops: 2
+        attention: {kind: mha}
+    """
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "model.embedding_scale=two",
+            "model.embedding_scale: must be a number in (0, 10^4] or sqrt_d, got 'two'",
+        ),
+        (
+            "model.ffn={kind: gelu, fused: true}",
+            "model.ffn.fused: only swiglu has a gate and an up projection to fuse",
+        ),
+        (
+            "blocks.core.attention={kind: mha, kv_heads: 2, qk_bias: true}",
+            "blocks.core.attention.qk_bias: Huginn's qk_bias has one row per head: it needs kv_heads = heads (4)",
+        ),
+        (
+            "blocks.core.gate={kind: lti, form: contractive}",
+            "model.norm.placement: a sandwich core renormalises its output, so it has no update delta for the contractive gate",
+        ),
+        (
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+            "share.0.members.0: 'core_out_norm' names no shareable module (have: core, norm)",
+        ),
+    ],
+)
+def test_huginns_parts_refuse_what_cannot_be_built_in_one_line(cli, write_spec, override, expected):
+    write_spec(HUGINN_LIKE)
+    sets = ["--set", override]
+    if "contractive" in override:
+        sets += ["--set", "model.norm.placement=sandwich"]
+    lines = errors(cli, "spec.yaml", *sets)
+    assert len(lines) == 1 and lines[0].endswith(expected), lines
