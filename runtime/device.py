@@ -41,9 +41,9 @@ def matmul_rate(spec: Spec, device: torch.device, seconds: float = 0.1) -> tuple
     clamped to sizes that time well), in the training precision, timed on ``device`` for about
     ``seconds``; and the shape, to say what was measured."""
     cpu = device.type == "cpu"  # a CPU takes a second for what a GPU does in a millisecond
-    rows = min(max(spec.train.micro_batch * spec.seq_len, 1024), 1024 if cpu else 16384)
-    inner = min(max(spec.model.d_model, 256), 256 if cpu else 8192)
-    cols = min(4 * inner, 1024 if cpu else 32768)
+    rows = min(max(spec.train.micro_batch * spec.seq_len, 1024), 1024 if cpu else 8192)
+    inner = min(max(spec.model.d_model, 256), 256 if cpu else 4096)
+    cols = min(4 * inner, 1024 if cpu else 16384)
     dtype = torch.bfloat16 if _bf16(spec, device) else torch.float32
     a = torch.randn(rows, inner, device=device, dtype=dtype)
     b = torch.randn(inner, cols, device=device, dtype=dtype)
@@ -54,7 +54,12 @@ def matmul_rate(spec: Spec, device: torch.device, seconds: float = 0.1) -> tuple
         a @ b
         calls += 1
         _sync(device)
-    return 2 * rows * inner * cols * calls / (time.perf_counter() - start), f"{rows}x{inner}x{cols}"
+    rate = 2 * rows * inner * cols * calls / (time.perf_counter() - start)
+    if device.type == "cuda":  # the run's peak_memory_mb is the run's, not this probe's
+        del a, b
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    return rate, f"{rows}x{inner}x{cols}"
 
 
 def _sync(device: torch.device) -> None:
