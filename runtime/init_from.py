@@ -27,6 +27,7 @@ from cartspec.runtime.generated import import_module
 class Source:
     """The checkpoint a run starts from, and what the run folder records of it."""
 
+    named: str  # as --init-from named it
     checkpoint: Path
     record: dict[str, Any]  # checkpoint (absolute), step, architecture_sha256, tokenizer
 
@@ -51,7 +52,7 @@ def find(text: str, resolved: Resolved, announce: bool) -> Source:
             "but every parameter fits by name and shape",
             file=sys.stderr,
         )
-    return Source(path, record)
+    return Source(text, path, record)
 
 
 def _checkpoint(text: str) -> Path:

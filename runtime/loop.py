@@ -156,16 +156,7 @@ def _train_locked(
     }
     if resume_from is not None and saved is not None:  # before model.py is rewritten: a refused
         _check_same_tokens(resume_from, saved, state["tokenizer"])  # resume leaves the run as it was
-    if source is not None:
-        state["init_from"] = source.record
-        if world.is_main and source.record["tokenizer"] != state["tokenizer"]:
-            print(
-                f"note: --init-from {options.init_from}: trained with another tokenizer; "
-                "its token embeddings are reused by id",
-                file=sys.stderr,
-            )
-    elif saved is not None and "init_from" in saved:  # a resumed run keeps where it started from
-        state["init_from"] = saved["init_from"]
+    _record_source(state, source, saved, world.is_main)
     peak = options.peak_tflops * 1e12 if options.peak_tflops is not None else _device_peak(device)
     weights = source.checkpoint if source is not None else None
     run = _build_run(resolved, run_dir, world, device, batch, splits, state, weights, peak)
@@ -310,6 +301,23 @@ def _check_same_tokens(resume_from: Path, saved: dict[str, Any], tokenizer: str 
         raise UserError(
             f"{resume_from}: checkpoint was trained with another tokenizer or corpus; refusing to resume"
         )
+
+
+def _record_source(
+    state: dict[str, Any], source: init_from.Source | None, saved: dict[str, Any] | None, announce: bool
+) -> None:
+    """Where the run's weights came from, kept in every checkpoint's state and env.json: the
+    checkpoint --init-from named, or on resume what the run recorded when it started."""
+    if source is not None:
+        state["init_from"] = source.record
+        if announce and source.record["tokenizer"] != state["tokenizer"]:
+            print(
+                f"note: --init-from {source.named}: trained with another tokenizer; "
+                "its token embeddings are reused by id",
+                file=sys.stderr,
+            )
+    elif saved is not None and "init_from" in saved:
+        state["init_from"] = saved["init_from"]
 
 
 def _check_stop(resume_from: Path, start: int, steps: int, until: int | None) -> None:

@@ -109,6 +109,14 @@ def test_a_bad_init_from_is_one_line(cli, tmp_path, value, message):
     assert (rc, err.strip()) == (2, f"error: {message}")
 
 
+def test_init_from_into_a_folder_with_checkpoints_is_one_line(cli, source):
+    rc, _, err = cli("train", str(CART_TINY), *args(), "--out", str(source), "--init-from", str(source))
+    assert (rc, err.strip()) == (
+        2,
+        f"error: {source} already holds checkpoints; --init-from starts a new run: pass --out NEW",
+    )
+
+
 def test_init_from_with_resume_is_one_line(cli, source, tmp_path):
     rc, _, err = cli("train", str(CART_TINY), *args(), "--init-from", str(source), "--resume", "auto")
     assert (rc, err.strip()) == (
