@@ -34,6 +34,27 @@ BYTES_CART_SETS = [
     "train.data.tokenizer=bytes",
 ]
 
+# BYTES_CART_SETS with a short recipe: evaluation and logging every few steps.
+SHORT_RECIPE = [
+    *BYTES_CART_SETS,
+    "train.micro_batch=4",
+    "train.schedule.warmup=2",
+    "train.eval.batches=4",
+    "train.log_interval=2",
+]
+
+
+def word_corpus(folder: Path, seed: int = 0, paragraphs: int = 100) -> Path:
+    """A small .txt corpus of random words in paragraphs (documents): tokenized in a blink."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["and", "the", "lord", "said", "unto", "him", "in", "that", "day", "of", "light"]
+    path = folder / f"corpus{seed}.txt"
+    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(paragraphs)))
+    return path
+
+
 SHIPPED = sorted(
     p.relative_to(ROOT).as_posix()
     for p in SPECS.rglob("*.yaml")
