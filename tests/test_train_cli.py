@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from gen_helpers import BYTES_CART_SETS, word_corpus
+from gen_helpers import BYTES_CART_SETS, assert_clean_error, word_corpus
 from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
@@ -73,23 +73,6 @@ def run(trained: Path, tmp_path: Path) -> Path:
 
 def cli_args(sets: list[str]) -> list[str]:
     return [f"--set={s}" for s in sets]
-
-
-def assert_clean_error(result: tuple[int, str, str], *fragments: str) -> str:
-    """Exit code 2, exactly one line on stderr that names the problem, and no traceback anywhere.
-    A problem found once the run has started (data prepared, steps trained) follows the run's
-    opening line and progress lines, which stderr gets when it is not a terminal."""
-    rc, out, err = result
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in out + err
-    lines = [
-        line for line in err.strip().splitlines() if not line.startswith(("cart_tiny: ", "cart_tiny step "))
-    ]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def truncate(path: Path) -> None:
