@@ -381,6 +381,23 @@ def sample(
 
 @app.command()
 @user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory made by cartspec train.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="A new (or empty) folder to write.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="hf: a transformers model folder.")] = "hf",
+) -> None:
+    """A trained run's newest checkpoint as a model folder other tools load (transformers)."""
+    from cartspec.runtime.export import check_export_args
+
+    check_export_args(out, fmt)
+    from cartspec.runtime.export import export_hf
+
+    done = export_hf(run, out)
+    print(f"wrote {done.out}  ({done.name}, {done.checkpoint.name}): {', '.join(done.files)}")
+
+
+@app.command()
+@user_errors
 def parity(
     spec: SpecArg,
     match: Annotated[
