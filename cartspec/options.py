@@ -47,6 +47,19 @@ def loop_counts(text: str | None) -> list[int] | None:
     return counts
 
 
+def task_names(text: str, data: str | None) -> list[str]:
+    """``eval --tasks``: comma-separated task names or paths, each once."""
+    if data is not None:
+        raise UserError("--tasks and --data: pick one (--data is text for the validation loss)")
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"--tasks: expected task names like hellaswag,arc_easy, got {text!r}")
+    repeated = sorted({t for t in names if names.count(t) > 1})
+    if repeated:
+        raise UserError(f"--tasks: {', '.join(repeated)} named more than once")
+    return names
+
+
 def most_loops() -> int:
     """The schema's upper bound of ``blocks.core.loops``."""
     from annotated_types import Le

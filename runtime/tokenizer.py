@@ -122,6 +122,34 @@ class ByteTokenizer:
         write_atomic(Path(path), self._json)
 
 
+def tokenizers_core(tokenizer: Tokenizer) -> HFTokenizerCore:
+    """A fresh ``tokenizers.Tokenizer`` that encodes and decodes text as ``tokenizer`` does, for
+    tools that read a ``tokenizer.json`` (an export): the HF one copied, raw bytes as a byte-level
+    BPE without merges whose symbol for byte b has id b."""
+    if isinstance(tokenizer, HFTokenizer):
+        return HFTokenizerCore.from_str(tokenizer._json)
+    if not isinstance(tokenizer, ByteTokenizer):
+        raise TypeError(f"no tokenizer.json form for {type(tokenizer).__name__}")
+    vocab = {symbol: b for b, symbol in enumerate(_byte_symbols())}
+    core = HFTokenizerCore(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([BOS, EOS])  # ids 256 and 257, after the bytes
+    return core
+
+
+def _byte_symbols() -> list[str]:
+    """The character byte-level BPE writes for each byte value: printable Latin-1 bytes stand for
+    themselves, the others (controls, space, ...) take the code points from 256 on, in order."""
+    printable = {
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    }
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
 def train_bpe(documents: Iterable[str], vocab_size: int) -> HFTokenizer:
     """Train a byte-level BPE (BOS = 0, EOS = 1, then the 256 byte symbols, then merges).
 
