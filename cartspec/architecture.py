@@ -64,6 +64,11 @@ class Architecture:
         """Every attention in stage order (core last)."""
         return [s.attention for s in self.stages] + ([self.core.attention] if self.core else [])
 
+    @property
+    def decodable(self) -> bool:
+        """Every attention causal: the model decodes token by token with a KV cache."""
+        return all(a.causal for a in self.attentions)
+
     def layer_parts(self, attention: Attention, placement: str) -> dict[str, int]:
         """Parameters of one layer: attention, FFN and its norms (two pre-norm, four sandwich)."""
         m = self.model
