@@ -175,6 +175,7 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             problems += [((*at, *sub), message) for sub, message in node.attention.problems(m)]
     if spec.blocks.anchor is not None:
         problems += [(("blocks", "anchor", *sub), msg) for sub, msg in spec.blocks.anchor.problems(m)]
+    problems += [(("model", "ffn", *sub), msg) for sub, msg in m.ffn.problems()]
     if problems:
         return
     stored = _rough_stored(spec)

@@ -50,6 +50,12 @@ def gelu_mlp(x: torch.Tensor, w: Weights) -> torch.Tensor:
     return linear(z * 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))), w["proj.weight"])
 
 
+def relu2_mlp(x: torch.Tensor, w: Weights, scale: float) -> torch.Tensor:
+    """proj(max(fc(x), 0)^2 * scale)."""
+    z = linear(x, w["fc.weight"]).clamp(min=0)
+    return linear(z * z * scale, w["proj.weight"])
+
+
 def heads(x: torch.Tensor, n: int) -> torch.Tensor:
     """[B, T, n * D] -> [B, n, T, D]: head j is channels j*D .. (j+1)*D - 1."""
     B, T, C = x.shape
@@ -183,6 +189,7 @@ class Reference:
         self.head_dim = m.get("head_dim", 64)
         self.n_heads = self.d // self.head_dim
         self.ffn_kind = (m.get("ffn") or {}).get("kind", "swiglu")
+        self.ffn_scale = (m.get("ffn") or {}).get("scale", 1.0)
         norm = m.get("norm") or {}
         self.norm_kind, self.eps = norm.get("kind", "rmsnorm"), norm.get("eps", 1e-6)
         self.tied = m.get("tie_embeddings", True)
@@ -196,6 +203,8 @@ class Reference:
 
     def ffn(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         w = _sub(self.sd, prefix)
+        if self.ffn_kind == "relu2":
+            return relu2_mlp(x, w, self.ffn_scale)
         return swiglu(x, w) if self.ffn_kind == "swiglu" else gelu_mlp(x, w)
 
     def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:

@@ -166,11 +166,13 @@ def valid_spec(c: Chooser) -> dict:
         "max_seq_len": c.integer(8, 32),
         "head_dim": head_dim,
     }
-    ffn: dict[str, Any] = {"kind": c.choice(["swiglu", "gelu"])}
+    ffn: dict[str, Any] = {"kind": c.choice(["swiglu", "gelu", "relu2"])}
     if c.boolean():
         ffn["hidden"] = c.integer(8, 96)
     elif ffn["kind"] == "swiglu":
         _maybe(c, ffn, "multiple_of", lambda: c.choice([16, 8, 32, 64]))
+    if ffn["kind"] == "relu2":
+        _maybe(c, ffn, "scale", lambda: c.choice([0.5, 1.0, 2.0]))
     model["ffn"] = ffn
     norm: dict[str, Any] = {"kind": c.choice(["rmsnorm", "layernorm"])}
     _maybe(c, norm, "eps", lambda: c.choice([1e-6, 1e-5, 0.001]))
@@ -296,7 +298,7 @@ def counts(spec: dict) -> tuple[int, int]:
     kind = ffn.get("kind", "swiglu")
     if "hidden" in ffn:
         hidden = ffn["hidden"]
-    elif kind == "gelu":
+    elif kind in ("gelu", "relu2"):
         hidden = 4 * d
     else:
         mo = ffn.get("multiple_of", 256)
@@ -1004,7 +1006,7 @@ def random_case(c: Chooser) -> SpecFiles:
     return SpecFiles({"spec.yaml": dump(spec)}, "spec.yaml", [], "random edit")
 
 
-KINDS = ["mha", "mla", "cross", "swiglu", "gelu", "rmsnorm", "layernorm", "lti", "residual", "hyper"]
+KINDS = ["mha", "mla", "cross", "swiglu", "gelu", "relu2", "rmsnorm", "layernorm", "lti", "residual", "hyper"]
 
 
 def _tweak(c: Chooser, value: Any) -> Any:

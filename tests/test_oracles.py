@@ -43,6 +43,8 @@ VARIANTS = {
             "model.tie_embeddings=false",
         ),
     ),
+    "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
+    "dense_relu2_hidden": (DENSE_TINY, ("model.ffn={kind: relu2, hidden: 40}",)),
     "dense_mla_latent": (DENSE_TINY, ("blocks.stack.attention={kind: mla, kv_latent: 8}",)),
     "dense_mla_bidirectional_no_rope": (
         DENSE_TINY,
@@ -357,6 +359,14 @@ def test_gelu_mlp_equals_the_oracle(variants):
             same(layer.ffn(x), oracles.gelu_mlp(x, weights(layer.ffn)))
 
 
+def test_relu2_mlp_equals_the_oracle(variants):
+    for label, scale in (("dense_relu2", 0.5), ("dense_relu2_hidden", 1.0)):
+        spec, layer = _ffn_and_norm(variants, label)
+        x = activations(B, T, spec["model"]["d_model"], seed=5)
+        with torch.no_grad():
+            same(layer.ffn(x), oracles.relu2_mlp(x, weights(layer.ffn), scale))
+
+
 def _norms(model):
     """Every placement: before each mixer, before each FFN, and the final norm."""
     for name, module in model.named_modules():
@@ -454,6 +464,7 @@ ORACLES = {
     ("loop_embedding", "sinusoidal"): test_loop_embedding_equals_the_oracle_at_every_row,
     ("ffn", "swiglu"): test_swiglu_equals_the_oracle,
     ("ffn", "gelu"): test_gelu_mlp_equals_the_oracle,
+    ("ffn", "relu2"): test_relu2_mlp_equals_the_oracle,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,
     ("norm", "layernorm"): test_layernorm_in_every_placement_equals_the_oracle,
     ("anchor", "mla_kv"): test_latent_anchor_equals_the_oracle,

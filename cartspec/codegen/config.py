@@ -24,7 +24,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         ConfigEntry(
             name="n_heads", type="int", rule="self.d_model // self.head_dim", comment="d_model / head_dim"
         ),
-        m.ffn.config_entry(m.d_model),
+        *m.ffn.config_entries(m.d_model),
         ConfigEntry(name="norm_eps", type="float", value=repr(m.norm.eps)),
         ConfigEntry(name="init_std", type="float", value=repr(m.init_std)),
     ]

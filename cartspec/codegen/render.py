@@ -112,7 +112,7 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
 # Names every generated module may define at top level (besides the spec-dependent attention and
 # layer classes): the model class must shadow none of them.
 BUILDING_BLOCKS = frozenset(
-    {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "MLP", "AnchorKV", "LTIGate", "StateMix"}
+    {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "MLP", "ReLU2MLP", "AnchorKV", "LTIGate", "StateMix"}
     | {"LoopEmbedding", "CoreBlock", "CoreLayer"}
 )
 
