@@ -100,8 +100,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return torch.einsum("bhts,bhsd->bhtd", weights, v)
 
 
-def mha(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, causal: bool) -> torch.Tensor:
-    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K."""
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last axis, no weight, eps = float32's machine epsilon."""
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + torch.finfo(torch.float32).eps)
+
+
+def mha(
+    x: torch.Tensor,
+    w: Weights,
+    n_heads: int,
+    rope_base: float | None,
+    causal: bool,
+    qk_norm: bool = False,
+) -> torch.Tensor:
+    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K,
+    then (qk_norm) each head's q and k scaled to unit RMS."""
     head_dim = x.shape[-1] // n_heads
     kv = w["k_proj.weight"].shape[0] // head_dim
     q = heads(linear(x, w["q_proj.weight"]), n_heads)
@@ -109,6 +122,8 @@ def mha(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, caus
     v = heads(linear(x, w["v_proj.weight"]), kv)
     if rope_base is not None:
         q, k = rope(q, rope_base), rope(k, rope_base)
+    if qk_norm:
+        q, k = unit_rms(q), unit_rms(k)
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
 
 
@@ -172,7 +187,7 @@ def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- a whole model
 
-ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "causal": True}
+ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "causal": True, "qk_norm": False}
 
 
 def _sub(sd: Weights, prefix: str) -> Weights:
@@ -213,8 +228,9 @@ class Reference:
         if a["kind"] == "cross":
             return cross(x, *kv, w, self.n_heads, a["causal"])
         base = a["rope_base"] if a["rope"] else None
-        run = mha if a["kind"] == "mha" else mla
-        return run(x, w, self.n_heads, base, a["causal"])
+        if a["kind"] == "mha":
+            return mha(x, w, self.n_heads, base, a["causal"], a["qk_norm"])
+        return mla(x, w, self.n_heads, base, a["causal"])
 
     def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
         """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""

@@ -142,6 +142,7 @@ def _self_attention(c: Chooser, d: int, heads: int, rope_base: float | None) -> 
     a: dict[str, Any] = {"kind": kind}
     if kind == "mha":
         _maybe(c, a, "kv_heads", lambda: c.choice(_divisors(heads)))
+        _maybe(c, a, "qk_norm", c.boolean)
     else:
         _maybe(c, a, "kv_latent", lambda: c.integer(1, d))
     _maybe(c, a, "rope", c.boolean)

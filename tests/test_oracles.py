@@ -43,6 +43,11 @@ VARIANTS = {
             "model.tie_embeddings=false",
         ),
     ),
+    "dense_gqa_qk_norm": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 2, qk_norm: true}",)),
+    "dense_mqa_no_rope_qk_norm": (
+        DENSE_TINY,
+        ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false, qk_norm: true}",),
+    ),
     "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
     "dense_relu2_hidden": (DENSE_TINY, ("model.ffn={kind: relu2, hidden: 40}",)),
     "dense_mla_latent": (DENSE_TINY, ("blocks.stack.attention={kind: mla, kv_latent: 8}",)),
@@ -178,7 +183,9 @@ SELF_ATTENTION = {
         ("dense_mha", "stack"),
         ("dense_mha_bidirectional", "stack"),
         ("dense_gqa", "stack"),
+        ("dense_gqa_qk_norm", "stack"),
         ("dense_mqa_no_rope", "stack"),
+        ("dense_mqa_no_rope_qk_norm", "stack"),
         ("dense_gqa_bidirectional_gelu_layernorm_untied", "stack"),
         ("mha_prelude_bidirectional_coda", "prelude"),
         ("self_attn_core_gqa_two_layers", "core"),
@@ -208,9 +215,9 @@ def _check_self_attention(variants, kind: str) -> None:
         module = _self_attention_module(model, block)
         x = activations(B, T, spec["model"]["d_model"])
         base = a["rope_base"] if a["rope"] else None
-        run = oracles.mha if kind == "mha" else oracles.mla
+        args = (x, weights(module), n_heads(spec), base, a["causal"])
         with torch.no_grad():
-            same(module(x), run(x, weights(module), n_heads(spec), base, a["causal"]))
+            same(module(x), oracles.mha(*args, a["qk_norm"]) if kind == "mha" else oracles.mla(*args))
 
 
 def test_mha_gqa_mqa_self_attention_equals_the_oracle(variants):

@@ -32,6 +32,7 @@ class AttentionClass:
     rope: bool
     causal: bool
     grouped: bool = False  # GQA/MQA: K, V heads repeated to the query heads
+    qk_norm: bool = False  # q and k RMS-normalised (no weight) after RoPE
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ def _model_class_name(name: str, attention_classes: dict, layers: dict) -> str:
 
 def _attention_class(a: Attention, arch: Architecture) -> AttentionClass:
     m = arch.model
-    return AttentionClass(a.class_name(m), a.template, a.rope, a.causal, a.grouped(m))
+    return AttentionClass(
+        a.class_name(m), a.template, a.rope, a.causal, a.grouped(m), getattr(a, "qk_norm", False)
+    )
 
 
 def _layer_classes(arch: Architecture) -> dict[str, tuple[LayerClass, str]]:
