@@ -26,6 +26,8 @@ SelfAttention = union(tuple(k for k in kinds("attention") if not k.reads_anchor)
 Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
+ValueEmbedding = union(kinds("value_embedding"))
+VALUES_DOC = "Token-indexed tables added to the V of the listed layers, through a gate; null: none."
 
 
 # ----------------------------------------------------------------------------- model-wide
@@ -69,6 +71,7 @@ class Stack(Strict):
 
     layers: int = Field(..., ge=1, le=1024, description="Number of layers.")
     attention: SelfAttention = Field(..., description="Self-attention of every layer.")
+    value_embedding: ValueEmbedding | None = Field(None, description=VALUES_DOC)
 
 
 class Core(Strict):
@@ -81,6 +84,9 @@ class Core(Strict):
     )
     layers: int = Field(1, ge=1, le=64, description="Layers inside one loop of the core.")
     attention: AnyAttention = Field(..., description="cross (to an anchor) or self-attention (mha, mla).")
+    value_embedding: ValueEmbedding | None = Field(
+        None, description=VALUES_DOC + " Looked up once per forward, read by every loop."
+    )
     gate: Gate | None = Field(
         None, description="How the block output meets the loop input; null: h = block(h_in)."
     )

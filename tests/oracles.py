@@ -105,6 +105,14 @@ def unit_rms(x: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + torch.finfo(torch.float32).eps)
 
 
+def gated_value(x: torch.Tensor, rows: torch.Tensor, gate: torch.Tensor, kv: int) -> torch.Tensor:
+    """What a value embedding adds to V ([B, kv, T, D]): K/V head j gets its slice of the table's
+    rows times 2 * sigmoid(gate_j . x[..., :channels]), channels = the gate's input width."""
+    logits = linear(x[..., : gate.shape[1]], gate)  # [B, T, kv]
+    scale = 2.0 / (1.0 + torch.exp(-logits))
+    return heads(rows, kv) * scale.permute(0, 2, 1)[..., None]
+
+
 def mha(
     x: torch.Tensor,
     w: Weights,
@@ -112,14 +120,18 @@ def mha(
     rope_base: float | None,
     causal: bool,
     qk_norm: bool = False,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K,
-    then (qk_norm) each head's q and k scaled to unit RMS."""
+    then (qk_norm) each head's q and k scaled to unit RMS; ``value``: the rows of a value
+    embedding, added to V through the layer's gate (``value_gate.weight``)."""
     head_dim = x.shape[-1] // n_heads
     kv = w["k_proj.weight"].shape[0] // head_dim
     q = heads(linear(x, w["q_proj.weight"]), n_heads)
     k = heads(linear(x, w["k_proj.weight"]), kv)
     v = heads(linear(x, w["v_proj.weight"]), kv)
+    if value is not None:
+        v = v + gated_value(x, value, w["value_gate.weight"], kv)
     if rope_base is not None:
         q, k = rope(q, rope_base), rope(k, rope_base)
     if qk_norm:
@@ -222,20 +234,28 @@ class Reference:
             return relu2_mlp(x, w, self.ffn_scale)
         return swiglu(x, w) if self.ffn_kind == "swiglu" else gelu_mlp(x, w)
 
-    def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None, value=None) -> torch.Tensor:
         a = {**ATTENTION_DEFAULTS, **attn}
         w = _sub(self.sd, prefix)
         if a["kind"] == "cross":
             return cross(x, *kv, w, self.n_heads, a["causal"])
         base = a["rope_base"] if a["rope"] else None
         if a["kind"] == "mha":
-            return mha(x, w, self.n_heads, base, a["causal"], a["qk_norm"])
+            return mha(x, w, self.n_heads, base, a["causal"], a["qk_norm"], value)
         return mla(x, w, self.n_heads, base, a["causal"])
 
-    def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
+    def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None, value=None) -> torch.Tensor:
         """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
-        x = x + self.attention(self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", attn, kv)
+        x = x + self.attention(self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", attn, kv, value)
         return x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.")
+
+    def value(self, idx: torch.Tensor, stage: str, i: int) -> torch.Tensor | None:
+        """The value-embedding rows of layer i of a stage: table k of the stage for its k-th listed
+        layer (in increasing order), None for a layer without a table."""
+        listed = sorted((self.blocks[stage].get("value_embedding") or {}).get("layers", []))
+        if i not in listed:
+            return None
+        return self.sd[f"{stage}_values.tables.{listed.index(i)}.weight"][idx]
 
     def anchor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = _sub(self.sd, "anchor.")
@@ -243,18 +263,18 @@ class Reference:
             return anchor_mla_kv(x, w, self.n_heads)
         return anchor_kv(x, w, self.head_dim)
 
-    def core_block(self, x: torch.Tensor, r: int, kv) -> torch.Tensor:
+    def core_block(self, x: torch.Tensor, r: int, kv, values) -> torch.Tensor:
         """One loop of the core: its layers in a row, each with its residuals."""
         core = self.blocks["core"]
         prefix = "core." if core.get("shared", True) else f"core.{r}."
         n = core.get("layers", 1)
         for j in range(n):
-            x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv)
+            x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv, values[j])
         return x
 
-    def loop_step(self, h_in: torch.Tensor, r: int, kv) -> torch.Tensor:
+    def loop_step(self, h_in: torch.Tensor, r: int, kv, values) -> torch.Tensor:
         gate = self.blocks["core"].get("gate")
-        out = self.core_block(h_in, r, kv)
+        out = self.core_block(h_in, r, kv, values)
         if gate is None:
             return out
         if gate["kind"] == "residual":
@@ -267,17 +287,18 @@ class Reference:
         for name in ("stack", "prelude"):
             block = self.blocks.get(name)
             for i in range(block["layers"] if block else 0):
-                x = self.layer(x, f"{name}.{i}.", block["attention"])
+                x = self.layer(x, f"{name}.{i}.", block["attention"], value=self.value(idx, name, i))
         core = self.blocks.get("core")
         if core is not None:
-            x = self.loop(x, embedded, core, core["loops"] if loops is None else loops)
+            values = [self.value(idx, "core", j) for j in range(core.get("layers", 1))]
+            x = self.loop(x, embedded, core, core["loops"] if loops is None else loops, values)
         coda = self.blocks.get("coda")
         for i in range(coda["layers"] if coda else 0):
-            x = self.layer(x, f"coda.{i}.", coda["attention"])
+            x = self.layer(x, f"coda.{i}.", coda["attention"], value=self.value(idx, "coda", i))
         x = self.norm(x, "norm.")
         return linear(x, self.sd["embedding.weight" if self.tied else "head.weight"])
 
-    def loop(self, e: torch.Tensor, embedded: torch.Tensor, core: dict, loops: int) -> torch.Tensor:
+    def loop(self, e: torch.Tensor, embedded: torch.Tensor, core: dict, loops: int, values) -> torch.Tensor:
         anchor = self.blocks.get("anchor")
         every_loop = anchor is not None and anchor.get("recompute", "never") == "every_loop"
         kv = None
@@ -291,7 +312,7 @@ class Reference:
                 h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
             if every_loop:
                 kv = self.anchor(h_in)
-            h = self.loop_step(h_in, r, kv)
+            h = self.loop_step(h_in, r, kv, values)
             states = [h, *states[:-1]]
         return states[0]
 

@@ -153,7 +153,26 @@ def _self_attention(c: Chooser, d: int, heads: int, rope_base: float | None) -> 
 
 
 def _stack(c: Chooser, d: int, heads: int, rope_base: float | None, most: int = 3) -> dict:
-    return {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope_base)}
+    stack = {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope_base)}
+    _maybe_values(c, stack, d)
+    return stack
+
+
+def _maybe_values(c: Chooser, stage: dict, d: int) -> None:
+    """Value embeddings on a non-empty subset of an mha stage's layers, now and then."""
+    if stage["attention"]["kind"] != "mha" or not c.boolean():
+        return
+    n = stage.get("layers", 1)
+    layers = [i for i in range(n) if c.boolean()] or [n - 1]
+    values: dict[str, Any] = {"kind": "gated", "layers": c.choice([layers, layers[::-1]])}
+    if d < 32 or c.boolean():  # the default 32 channels need d_model >= 32
+        values["gate_channels"] = c.choice([1, 4, 8, d])
+    stage["value_embedding"] = values
+
+
+def gated(blocks: dict, block: str, i: int) -> bool:
+    """Layer i of a stage (or of the core) has a value embedding."""
+    return i in (blocks.get(block, {}).get("value_embedding") or {}).get("layers", [])
 
 
 def valid_spec(c: Chooser) -> dict:
@@ -219,6 +238,7 @@ def valid_spec(c: Chooser) -> dict:
                 blocks["anchor"] = anchor
             else:
                 core["attention"] = _self_attention(c, d, heads, rope_base)
+                _maybe_values(c, core, d)
             gate = c.choice(["none", "lti", "residual"])
             if gate == "lti":
                 core["gate"] = {"kind": "lti"}
@@ -244,6 +264,8 @@ def valid_spec(c: Chooser) -> dict:
             blocks["coda"] = _stack(c, d, heads, rope_base)
             if has["prelude"] and c.boolean():  # same structure, so prelude and coda may share
                 blocks["coda"]["attention"] = copy.deepcopy(blocks["prelude"]["attention"])
+                if blocks["coda"]["attention"]["kind"] != "mha":
+                    blocks["coda"].pop("value_embedding", None)
 
     spec: dict[str, Any] = {"name": _name(c)}
     _maybe(c, spec, "description", lambda: c.choice(["a tiny model", "x: 'y' # z"]))
@@ -279,11 +301,22 @@ def _share_groups(c: Chooser, blocks: dict) -> list[dict]:
     claimed: set[str] = set()
     for members in candidates:
         blocks_used = {m.split(".")[0] for m in members}
-        if blocks_used & claimed or not c.boolean():
+        if blocks_used & claimed or not c.boolean() or not _same_gates(blocks, members):
             continue
         claimed |= blocks_used
         groups.append({"name": f"group_{len(groups)}", "members": members})
     return groups
+
+
+def _same_gates(blocks: dict, members: list[str]) -> bool:
+    """Layer members are identical only if all or none of them have a value-embedding gate."""
+    flags = set()
+    for member in members:
+        block, index = member.split(".", 1)
+        if block in ("stack", "prelude", "coda"):
+            n = blocks[block]["layers"]
+            flags |= {gated(blocks, block, i) for i in (range(n) if index == "*" else [int(index)])}
+    return len(flags) <= 1
 
 
 # ----------------------------------------------------------------------------- the oracle
@@ -316,13 +349,23 @@ def counts(spec: dict) -> tuple[int, int]:
     def layer(a: dict) -> int:
         return attention(a) + ffn_p + 2 * norm
 
+    def gate(block: str, i: int) -> int:  # a value embedding's gate: channels -> K/V heads
+        values = b[block].get("value_embedding")
+        kv = b[block]["attention"].get("kv_heads", heads)
+        return values.get("gate_channels", 32) * kv if gated(b, block, i) else 0
+
     modules: dict[str, tuple[int, int]] = {"embedding": (V * d, 1), "norm": (norm, 1)}
     if not m.get("tie_embeddings", True):
         modules["head"] = (V * d, 1)
+    for block in ("stack", "prelude", "core", "coda"):
+        values = b.get(block, {}).get("value_embedding")
+        if values:  # one vocabulary-sized table of K/V width per listed layer, looked up once
+            kv = b[block]["attention"].get("kv_heads", heads)
+            modules[f"{block}_values"] = (len(values["layers"]) * V * kv * hd, 1)
     for block in ("stack", "prelude", "coda"):
         if block in b:
             for i in range(b[block]["layers"]):
-                modules[f"{block}.{i}"] = (layer(b[block]["attention"]), 1)
+                modules[f"{block}.{i}"] = (layer(b[block]["attention"]) + gate(block, i), 1)
     core = b.get("core")
     loops = core["loops"] if core else 0
     if "anchor" in b:
@@ -334,7 +377,7 @@ def counts(spec: dict) -> tuple[int, int]:
         )
         modules["anchor"] = (size, 1 if a.get("recompute", "never") == "never" else loops)
     if core:
-        size = core.get("layers", 1) * layer(core["attention"])
+        size = sum(layer(core["attention"]) + gate("core", j) for j in range(core.get("layers", 1)))
         if core.get("shared", True):
             modules["core"] = (size, loops)
         else:
@@ -1007,7 +1050,20 @@ def random_case(c: Chooser) -> SpecFiles:
     return SpecFiles({"spec.yaml": dump(spec)}, "spec.yaml", [], "random edit")
 
 
-KINDS = ["mha", "mla", "cross", "swiglu", "gelu", "relu2", "rmsnorm", "layernorm", "lti", "residual", "hyper"]
+KINDS = [
+    "mha",
+    "mla",
+    "cross",
+    "swiglu",
+    "gelu",
+    "relu2",
+    "rmsnorm",
+    "layernorm",
+    "lti",
+    "residual",
+    "hyper",
+    "gated",
+]
 
 
 def _tweak(c: Chooser, value: Any) -> Any:

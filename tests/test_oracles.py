@@ -48,6 +48,26 @@ VARIANTS = {
         DENSE_TINY,
         ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false, qk_norm: true}",),
     ),
+    "dense_values_gqa": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: mha, kv_heads: 2, qk_norm: true}",
+            "blocks.stack.value_embedding={kind: gated, layers: [1], gate_channels: 8}",
+        ),
+    ),
+    "self_attn_core_values": (
+        CART_TINY,
+        (
+            "blocks.anchor=null",
+            "blocks.prelude.attention={kind: mha}",
+            "blocks.prelude.value_embedding={kind: gated, layers: [0, 1], gate_channels: 16}",
+            "blocks.core.layers=2",
+            "blocks.core.attention={kind: mha, kv_heads: 2}",
+            "blocks.core.value_embedding={kind: gated, layers: [1]}",
+            "blocks.coda.attention={kind: mha, qk_norm: true}",
+            "blocks.coda.value_embedding={kind: gated, layers: [0]}",
+        ),
+    ),
     "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
     "dense_relu2_hidden": (DENSE_TINY, ("model.ffn={kind: relu2, hidden: 40}",)),
     "dense_mla_latent": (DENSE_TINY, ("blocks.stack.attention={kind: mla, kv_latent: 8}",)),
@@ -374,6 +394,26 @@ def test_relu2_mlp_equals_the_oracle(variants):
             same(layer.ffn(x), oracles.relu2_mlp(x, weights(layer.ffn), scale))
 
 
+def test_gated_value_embedding_equals_the_oracle(variants):
+    """Each listed layer adds its table's rows to V through a per-K/V-head gate on its input's
+    first channels; the core's tables are looked up once and read by every loop (whole models
+    against the oracle cover the wiring, this the attention with a value given)."""
+    for label, block, i in (("dense_values_gqa", "stack", 1), ("self_attn_core_values", "prelude", 0)):
+        spec, model = variants[label]
+        attn = getattr(model, block)[i].attn
+        a = attention_spec(spec, block)
+        idx = tokens(B, T, spec["model"]["vocab_size"], seed=3)
+        x = activations(B, T, spec["model"]["d_model"], seed=4)
+        rows = getattr(model, f"{block}_values")(idx)[i]
+        base = a["rope_base"] if a["rope"] else None
+        with torch.no_grad():
+            expected = oracles.mha(x, weights(attn), n_heads(spec), base, a["causal"], a["qk_norm"], rows)
+            same(attn(x, None, 0, rows), expected)
+            assert (attn(x) - expected).abs().max() > 1e-2  # the value changes the output
+    spec, model = variants["self_attn_core_values"]
+    assert [t is None for t in model.core_values(tokens(B, T, 96))] == [True, False]
+
+
 def _norms(model):
     """Every placement: before each mixer, before each FFN, and the final norm."""
     for name, module in model.named_modules():
@@ -472,12 +512,13 @@ ORACLES = {
     ("ffn", "swiglu"): test_swiglu_equals_the_oracle,
     ("ffn", "gelu"): test_gelu_mlp_equals_the_oracle,
     ("ffn", "relu2"): test_relu2_mlp_equals_the_oracle,
+    ("value_embedding", "gated"): test_gated_value_embedding_equals_the_oracle,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,
     ("norm", "layernorm"): test_layernorm_in_every_placement_equals_the_oracle,
     ("anchor", "mla_kv"): test_latent_anchor_equals_the_oracle,
     ("anchor", "kv"): test_full_rank_anchor_equals_the_oracle_repeated_to_the_query_heads,
 }
-REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding")
+REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding", "value_embedding")
 
 
 def registered_kinds() -> set[tuple[str, str]]:

@@ -35,6 +35,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if stack is not None:
             entries.append(ConfigEntry(name=f"{name}_layers", type="int", value=str(stack.layers)))
             entries += stack.attention.config_entries(name, m)
+            entries += stack.value_embedding.config_entries(name) if stack.value_embedding else []
     if b.anchor:
         entries += b.anchor.config_entries(m)
     if b.core:
@@ -43,12 +44,14 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if c.layers > 1:
             entries.append(ConfigEntry(name="core_layers", type="int", value=str(c.layers)))
         entries += c.attention.config_entries("core", m)
+        entries += c.value_embedding.config_entries("core") if c.value_embedding else []
         for part in (c.gate, c.state_mix, c.loop_embedding):
             entries += part.config_entries() if part is not None else []
         entries.append(ConfigEntry(name="checkpoint_loops", type="bool", value=str(c.checkpoint)))
     if b.coda:
         entries.append(ConfigEntry(name="coda_layers", type="int", value=str(b.coda.layers)))
         entries += b.coda.attention.config_entries("coda", m)
+        entries += b.coda.value_embedding.config_entries("coda") if b.coda.value_embedding else []
     return entries
 
 
