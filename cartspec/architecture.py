@@ -28,6 +28,7 @@ class Stage:
     layers: int
     attention: Attention
     values: GatedValueEmbedding | None = None  # value-embedding tables of some layers
+    output_norm: bool = False  # a norm on the stage's output
 
     def gated(self, i: int) -> bool:
         """Layer i reads a value-embedding table through its gate."""
@@ -118,6 +119,7 @@ class Architecture:
         names = {"embedding", "norm", *self.shareable()}
         names |= {"anchor"} if self.anchor else set()
         names |= {f"{stage}_values" for stage, _, _ in self.value_stages()}
+        names |= {f"{s.name}_norm" for s in self.stages if s.output_norm}
         names |= {p.attribute for p in self.loop_parts() if p.attribute}
         names |= set() if self.model.tie_embeddings else {"head"}
         return names
@@ -131,7 +133,7 @@ def resolve_architecture(spec: Spec) -> Architecture:
     """The spec's architecture with every default size made concrete (the spec passed the checks)."""
     m, b = spec.model, spec.blocks
     stages = tuple(
-        Stage(name, stack.layers, stack.attention.resolved(m), stack.value_embedding)
+        Stage(name, stack.layers, stack.attention.resolved(m), stack.value_embedding, stack.output_norm)
         for name in LAYER_STAGES
         if (stack := getattr(b, name)) is not None
     )

@@ -98,9 +98,9 @@ def build_graph(arch: Architecture) -> ModelGraph:
     edges: list[tuple[str, str]] = []
 
     def add_group(
-        name: str, kind: str, parts: dict[str, int], flops: int, loop_control: bool = False
+        name: str, kind: str, parts: dict[str, int], flops: int, loop_control: bool = False, block: str = ""
     ) -> None:
-        block = name.split(".")[0]
+        block = block or name.split(".")[0]
         groups[name] = Group(name, name, block, kind, parts, flops, loop_control, [name])
 
     def use(u: Use, after: str | None) -> str:
@@ -129,6 +129,12 @@ def build_graph(arch: Architecture) -> ModelGraph:
             prev = use(Use(module, name, module, module, attention=1), prev)
             if values is not None:
                 edges.append((f"{name}_values", module))
+        if stage.output_norm:
+            norm = f"{name}_norm"
+            add_group(
+                norm, "norm", {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T), block=name
+            )
+            prev = use(Use(norm, name, norm, norm), prev)
         outputs[name] = prev
         return prev
 

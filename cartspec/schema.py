@@ -72,6 +72,10 @@ class Stack(Strict):
     layers: int = Field(..., ge=1, le=1024, description="Number of layers.")
     attention: SelfAttention = Field(..., description="Self-attention of every layer.")
     value_embedding: ValueEmbedding | None = Field(None, description=VALUES_DOC)
+    output_norm: bool = Field(
+        False,
+        description="A norm (model.norm) on the stage's output: Parcae's ln_prelude, so the loop reads a normalised e.",
+    )
 
 
 class Core(Strict):

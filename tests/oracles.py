@@ -263,16 +263,17 @@ class Reference:
             return anchor_mla_kv(x, w, self.n_heads)
         return anchor_kv(x, w, self.head_dim)
 
-    def core_block(self, x: torch.Tensor, r: int, kv, values) -> torch.Tensor:
+    def core_block(self, x: torch.Tensor, r: int, kv, values=None) -> torch.Tensor:
         """One loop of the core: its layers in a row, each with its residuals."""
         core = self.blocks["core"]
         prefix = "core." if core.get("shared", True) else f"core.{r}."
         n = core.get("layers", 1)
+        values = values or [None] * n
         for j in range(n):
             x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv, values[j])
         return x
 
-    def loop_step(self, h_in: torch.Tensor, r: int, kv, values) -> torch.Tensor:
+    def loop_step(self, h_in: torch.Tensor, r: int, kv, values=None) -> torch.Tensor:
         gate = self.blocks["core"].get("gate")
         out = self.core_block(h_in, r, kv, values)
         if gate is None:
@@ -288,6 +289,7 @@ class Reference:
             block = self.blocks.get(name)
             for i in range(block["layers"] if block else 0):
                 x = self.layer(x, f"{name}.{i}.", block["attention"], value=self.value(idx, name, i))
+            x = self.norm(x, f"{name}_norm.") if block and block.get("output_norm") else x
         core = self.blocks.get("core")
         if core is not None:
             values = [self.value(idx, "core", j) for j in range(core.get("layers", 1))]
@@ -295,6 +297,7 @@ class Reference:
         coda = self.blocks.get("coda")
         for i in range(coda["layers"] if coda else 0):
             x = self.layer(x, f"coda.{i}.", coda["attention"], value=self.value(idx, "coda", i))
+        x = self.norm(x, "coda_norm.") if coda and coda.get("output_norm") else x
         x = self.norm(x, "norm.")
         return linear(x, self.sd["embedding.weight" if self.tied else "head.weight"])
 

@@ -155,6 +155,7 @@ def _self_attention(c: Chooser, d: int, heads: int, rope_base: float | None) -> 
 def _stack(c: Chooser, d: int, heads: int, rope_base: float | None, most: int = 3) -> dict:
     stack = {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope_base)}
     _maybe_values(c, stack, d)
+    _maybe(c, stack, "output_norm", c.boolean)
     return stack
 
 
@@ -366,6 +367,8 @@ def counts(spec: dict) -> tuple[int, int]:
         if block in b:
             for i in range(b[block]["layers"]):
                 modules[f"{block}.{i}"] = (layer(b[block]["attention"]) + gate(block, i), 1)
+            if b[block].get("output_norm"):
+                modules[f"{block}_norm"] = (norm, 1)
     core = b.get("core")
     loops = core["loops"] if core else 0
     if "anchor" in b:

@@ -51,6 +51,7 @@ VARIANTS = {
     "dense_values_gqa": (
         DENSE_TINY,
         (
+            "blocks.stack.output_norm=true",
             "blocks.stack.attention={kind: mha, kv_heads: 2, qk_norm: true}",
             "blocks.stack.value_embedding={kind: gated, layers: [1], gate_channels: 8}",
         ),
@@ -59,6 +60,8 @@ VARIANTS = {
         CART_TINY,
         (
             "blocks.anchor=null",
+            "blocks.prelude.output_norm=true",
+            "blocks.coda.output_norm=true",
             "blocks.prelude.attention={kind: mha}",
             "blocks.prelude.value_embedding={kind: gated, layers: [0, 1], gate_channels: 16}",
             "blocks.core.layers=2",
@@ -415,14 +418,14 @@ def test_gated_value_embedding_equals_the_oracle(variants):
 
 
 def _norms(model):
-    """Every placement: before each mixer, before each FFN, and the final norm."""
+    """Every placement: before each mixer, before each FFN, on a stage's output, and the final norm."""
     for name, module in model.named_modules():
-        if name == "norm" or name.endswith("attn_norm") or name.endswith("ffn_norm"):
+        if name.endswith("norm") and not list(module.children()):
             yield name, module
 
 
 def test_rmsnorm_in_every_placement_equals_the_oracle(variants):
-    for label in ("dense_mha", "core_two_layers"):
+    for label in ("dense_mha", "core_two_layers", "self_attn_core_values"):
         spec, model = variants[label]
         x = 3 * activations(B, T, spec["model"]["d_model"], seed=6) + 1
         eps = spec["model"]["norm"]["eps"]

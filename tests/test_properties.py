@@ -369,7 +369,8 @@ def flop_counter_view(spec: dict, report) -> int:
             dim = core["loop_embedding"].get("dim", 32)
             loop_control += 2 * dim * d * T
             visible += core["loops"] * 2 * dim * d
-    norms = (2 * layer_uses + 1) * per_norm
+    output_norms = sum(1 for b in ("stack", "prelude", "coda") if blocks.get(b, {}).get("output_norm"))
+    norms = (2 * layer_uses + 1 + output_norms) * per_norm
     return report.flops.forward_per_sequence + report.flops.head_per_sequence - norms - loop_control + visible
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cartspec.architecture import Architecture
+from cartspec.architecture import Architecture, Stage
 from cartspec.codegen.layout import wrap
 
 
@@ -11,23 +11,27 @@ def forward_context(arch: Architecture, core: dict | None) -> dict:
     if core is None:
         lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", "x = self.embedding(idx)"]
         for stage in arch.stages:  # the stack
-            lines += _stage_lines(stage.name, stage.values is not None)
+            lines += _stage_lines(stage)
         return {"forward_lines": lines, "cache": _cache_context(arch)}
     return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch), "cache": _cache_context(arch)}
 
 
-def _stage_lines(name: str, values: bool = False) -> list[str]:
-    """Run a stage's layers, each with its own cache when decoding (and its value embedding)."""
-    if values:
-        return [
+def _stage_lines(stage: Stage) -> list[str]:
+    """Run a stage's layers, each with its own cache when decoding (and its value embedding),
+    then the stage's output norm."""
+    name = stage.name
+    if stage.values is not None:
+        lines = [
             f"values = self.{name}_values(idx)  # the value-embedding rows of each layer that has a table",
             f"for i, layer in enumerate(self.{name}):",
             f"    x = layer(x, None if cache is None else cache.{name}[i], start, values[i])",
         ]
-    return [
-        f"for i, layer in enumerate(self.{name}):",
-        f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
-    ]
+    else:
+        lines = [
+            f"for i, layer in enumerate(self.{name}):",
+            f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
+        ]
+    return lines + ([f"x = self.{name}_norm(x)"] if stage.output_norm else [])
 
 
 def _cache_context(arch: Architecture) -> dict:
@@ -124,7 +128,7 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     lines = ["x = self.embedding(idx)"]
     prelude = arch.stage("prelude")
     if prelude:
-        lines += _stage_lines("prelude", prelude.values is not None)
+        lines += _stage_lines(prelude)
     lines.append("e = x  # the context anchor: the final prelude output" if prelude else "e = x")
     anchor = arch.anchor
     if anchor and anchor.recompute == "never":
@@ -200,7 +204,7 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     ]
     coda = arch.stage("coda")
     if coda:
-        lines += _stage_lines("coda", coda.values is not None)
+        lines += _stage_lines(coda)
     return {
         "forward_lines": lines,
         "step_def": wrap(

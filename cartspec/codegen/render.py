@@ -213,6 +213,7 @@ def _summary(arch: Architecture) -> str:
 
 def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str]:
     """Module construction in stage order; sharing groups become one object used in several places."""
+    m = arch.model
     owner_of = {member: g.owner for g in graph.groups.values() for member in g.members}
     shared_owners = {
         g.owner: g for g in graph.groups.values() if len(g.members) > 1 and g.kind in ("layer", "core")
@@ -259,6 +260,8 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
         if stage.values is not None:
             build_values(stage.name, f"config.{stage.name}_layers")
         build(stage.name, f"config.{stage.name}_layers", ctor, stage.layers, stage.values is not None)
+        if stage.output_norm:
+            lines.append(f"self.{stage.name}_norm = {m.norm.constructor}  # on the {stage.name}'s output")
 
     for stage in arch.stages:
         if stage.name != "coda":
