@@ -121,6 +121,7 @@ class Architecture:
         names |= {f"{stage}_values" for stage, _, _ in self.value_stages()}
         names |= {f"{s.name}_norm" for s in self.stages if s.output_norm}
         names |= {p.attribute for p in self.loop_parts() if p.attribute}
+        names |= {"readout"} if self.core is not None and self.core.readout is not None else set()
         names |= set() if self.model.tie_embeddings else {"head"}
         return names
 

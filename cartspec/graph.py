@@ -27,7 +27,7 @@ class Group:
     name: str
     owner: str  # module path in the generated model
     block: str  # the report row its parameters count under
-    kind: str  # embedding | value_embedding | layer | core | anchor | gate | state_mix | loop_embedding | norm | head
+    kind: str  # embedding | value_embedding | layer | core | anchor | gate | state_mix | loop_embedding | readout | norm | head
     parts: dict[str, int]  # parameter breakdown, e.g. {"attn": ..., "ffn": ..., "norms": ...}
     flops: int  # forward FLOPs per sequence of one call (0 for the embedding and head)
     loop_control: bool = False  # gate, state mix, loop embedding: the paper counts them once
@@ -145,6 +145,15 @@ def build_graph(arch: Architecture) -> ModelGraph:
             use(Use("anchor", "anchor", "anchor", "anchor"), outputs[arch.anchor.from_])
     if arch.core is not None:
         last = _run_core(arch, last, add_group, use, edges)
+        readout = arch.core.readout
+        if readout is not None:  # once, after the last loop
+            add_group(
+                "readout",
+                "readout",
+                {readout.weights: readout.params(m.d_model)},
+                readout.flops(m.d_model, T),
+            )
+            last = use(Use("readout", "readout", "readout", "readout"), last)
     last = run_stage("coda", last)
 
     add_group("norm", "norm", {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T))

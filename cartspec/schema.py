@@ -27,6 +27,7 @@ Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
 ValueEmbedding = union(kinds("value_embedding"))
+Readout = union(kinds("readout"))
 VALUES_DOC = "Token-indexed tables added to the V of the listed layers, through a gate; null: none."
 
 
@@ -99,6 +100,9 @@ class Core(Strict):
     )
     loop_embedding: LoopSignal | None = Field(
         None, description="Loop-index signal added to h_in; null: none."
+    )
+    readout: Readout | None = Field(
+        None, description="Maps the last loop state to the coda's input, once per forward; null: none."
     )
     checkpoint: bool = Field(
         False, description="Per-loop activation checkpointing (recompute each loop in backward)."

@@ -294,6 +294,8 @@ class Reference:
         if core is not None:
             values = [self.value(idx, "core", j) for j in range(core.get("layers", 1))]
             x = self.loop(x, embedded, core, core["loops"] if loops is None else loops, values)
+            if core.get("readout") is not None:  # linear: C(h)
+                x = linear(x, self.sd["readout.weight"])
         coda = self.blocks.get("coda")
         for i in range(coda["layers"] if coda else 0):
             x = self.layer(x, f"coda.{i}.", coda["attention"], value=self.value(idx, "coda", i))

@@ -260,6 +260,7 @@ def valid_spec(c: Chooser) -> dict:
                 _maybe(c, le, "max_loops", lambda: c.integer(loops, loops + 4))
                 core["loop_embedding"] = le
             _maybe(c, core, "checkpoint", c.boolean)
+            _maybe(c, core, "readout", lambda: {"kind": "linear"})
             blocks["core"] = core
         if has["coda"]:
             blocks["coda"] = _stack(c, d, heads, rope_base)
@@ -391,6 +392,8 @@ def counts(spec: dict) -> tuple[int, int]:
             modules["state_mix"] = (core["state_mix"].get("taps", 3), loops)
         if "loop_embedding" in core:
             modules["loop_embedding"] = (core["loop_embedding"].get("dim", 32) * d, loops)
+        if "readout" in core:
+            modules["readout"] = (d * d, 1)
 
     stored = sum(size for size, _ in modules.values())
     for group in spec.get("share", []):

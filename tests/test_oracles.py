@@ -69,6 +69,7 @@ VARIANTS = {
             "blocks.core.value_embedding={kind: gated, layers: [1]}",
             "blocks.coda.attention={kind: mha, qk_norm: true}",
             "blocks.coda.value_embedding={kind: gated, layers: [0]}",
+            "blocks.core.readout={kind: linear}",
         ),
     ),
     "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
@@ -417,6 +418,19 @@ def test_gated_value_embedding_equals_the_oracle(variants):
     assert [t is None for t in model.core_values(tokens(B, T, 96))] == [True, False]
 
 
+def test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop(variants):
+    spec, model = variants["self_attn_core_values"]
+    h = activations(B, T, spec["model"]["d_model"], seed=7)
+    with torch.no_grad():
+        same(model.readout(h), oracles.linear(h, model.readout.weight))
+    calls = []
+    handle = model.readout.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(tokens(B, T, spec["model"]["vocab_size"], seed=8), loops=4)
+    handle.remove()
+    assert len(calls) == 1
+
+
 def _norms(model):
     """Every placement: before each mixer, before each FFN, on a stage's output, and the final norm."""
     for name, module in model.named_modules():
@@ -516,12 +530,13 @@ ORACLES = {
     ("ffn", "gelu"): test_gelu_mlp_equals_the_oracle,
     ("ffn", "relu2"): test_relu2_mlp_equals_the_oracle,
     ("value_embedding", "gated"): test_gated_value_embedding_equals_the_oracle,
+    ("readout", "linear"): test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,
     ("norm", "layernorm"): test_layernorm_in_every_placement_equals_the_oracle,
     ("anchor", "mla_kv"): test_latent_anchor_equals_the_oracle,
     ("anchor", "kv"): test_full_rank_anchor_equals_the_oracle_repeated_to_the_query_heads,
 }
-REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding", "value_embedding")
+REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding", "value_embedding", "readout")
 
 
 def registered_kinds() -> set[tuple[str, str]]:

@@ -202,6 +202,8 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         "    cache.loops_used.append(loops)",
         "x = states[0]" if c.state_mix is not None else "x = h",
     ]
+    if c.readout is not None:
+        lines.append("x = self.readout(x)  # the last loop state read out for the coda")
     coda = arch.stage("coda")
     if coda:
         lines += _stage_lines(coda)

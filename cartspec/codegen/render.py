@@ -287,6 +287,8 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
         parts = [p for p in arch.loop_parts() if p.attribute]
         for part in [p for p in parts if not p.on_output] + [p for p in parts if p.on_output]:
             lines.append(f"self.{part.attribute} = {part.constructor()}")
+        if core.readout is not None:
+            lines.append(f"self.readout = {core.readout.constructor()}  # after the last loop")
     coda = arch.stage("coda")
     if coda:
         build_stage(coda)
