@@ -156,18 +156,21 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             )
         )
     roped = [
-        (block, node.attention.rope_base)
+        (block, node.attention)
         for block in ("stack", "prelude", "core", "coda")
         if (node := getattr(spec.blocks, block)) is not None and node.attention.rope
     ]
-    if len({base for _, base in roped}) > 1:
-        block, base = roped[-1]
-        problems.append(
-            (
-                ("blocks", block, "attention", "rope_base"),
-                f"{base} differs from {roped[0][1]}; RoPE blocks share one table",
-            )
-        )
+    for field in ("rope_base", "rope_style"):  # one rotary table serves every block
+        first = getattr(roped[0][1], field) if roped else None
+        for block, attention in roped:
+            if getattr(attention, field) != first:
+                problems.append(
+                    (
+                        ("blocks", block, "attention", field),
+                        f"{getattr(attention, field)} differs from {first}; RoPE blocks share one table",
+                    )
+                )
+                break
     for block in ("stack", "prelude", "core", "coda"):  # each kind's own rules
         node = getattr(spec.blocks, block)
         if node is not None:
@@ -280,6 +283,14 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             (
                 ("blocks", "core", "loop_embedding", "max_loops"),
                 f"{le.max_loops} rows cannot index {core.loops} loops",
+            )
+        )
+    if core.init_state.kind != "prelude" and core.inject is None and not core.attention.reads_anchor:
+        problems.append(
+            (
+                ("blocks", "core", "init_state", "kind"),
+                f"a loop starting from {core.init_state.kind} never reads the input tokens: "
+                "add blocks.core.inject or cross-attend to an anchor",
             )
         )
 

@@ -17,6 +17,7 @@ from cartspec.components.anchor import Anchor
 from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
 from cartspec.components.norm import Norm
+from cartspec.components.state import FromPrelude
 
 __all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
 
@@ -29,6 +30,8 @@ LoopSignal = union(kinds("loop_embedding"))
 ValueEmbedding = union(kinds("value_embedding"))
 Readout = union(kinds("readout"))
 VALUES_DOC = "Token-indexed tables added to the V of the listed layers, through a gate; null: none."
+Inject = union(kinds("inject"))
+InitState = union(kinds("init_state"))
 
 
 # ----------------------------------------------------------------------------- model-wide
@@ -100,6 +103,13 @@ class Core(Strict):
     )
     loop_embedding: LoopSignal | None = Field(
         None, description="Loop-index signal added to h_in; null: none."
+    )
+    inject: Inject | None = Field(
+        None, description="How each loop's input re-reads the prelude output e; null: it does not (CART)."
+    )
+    init_state: InitState = Field(
+        default_factory=lambda: FromPrelude(kind="prelude"),
+        description="Where the loop's state starts: prelude (e), zeros, or trunc_normal noise.",
     )
     readout: Readout | None = Field(
         None, description="Maps the last loop state to the coda's input, once per forward; null: none."

@@ -33,6 +33,14 @@ VARIANTS = {
     "dense_mha": (DENSE_TINY, ()),
     "dense_mha_bidirectional": (DENSE_TINY, ("blocks.stack.attention.causal=false",)),
     "dense_gqa": (DENSE_TINY, ("blocks.stack.attention.kv_heads=2",)),
+    "dense_gqa_interleaved_rope": (
+        DENSE_TINY,
+        ("blocks.stack.attention={kind: mha, kv_heads: 2, rope_base: 500.0, rope_style: interleaved}",),
+    ),
+    "dense_mla_interleaved_rope": (
+        DENSE_TINY,
+        ("blocks.stack.attention={kind: mla, rope_style: interleaved}",),
+    ),
     "dense_mqa_no_rope": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false}",)),
     "dense_gqa_bidirectional_gelu_layernorm_untied": (
         DENSE_TINY,
@@ -208,6 +216,7 @@ SELF_ATTENTION = {
         ("dense_mha_bidirectional", "stack"),
         ("dense_gqa", "stack"),
         ("dense_gqa_qk_norm", "stack"),
+        ("dense_gqa_interleaved_rope", "stack"),
         ("dense_mqa_no_rope", "stack"),
         ("dense_mqa_no_rope_qk_norm", "stack"),
         ("dense_gqa_bidirectional_gelu_layernorm_untied", "stack"),
@@ -216,6 +225,7 @@ SELF_ATTENTION = {
     ],
     "mla": [
         ("dense_mla_latent", "stack"),
+        ("dense_mla_interleaved_rope", "stack"),
         ("dense_mla_bidirectional_no_rope", "stack"),
         ("cart", "prelude"),
         ("mha_prelude_bidirectional_coda", "coda"),
@@ -238,8 +248,8 @@ def _check_self_attention(variants, kind: str) -> None:
         assert a["kind"] == kind
         module = _self_attention_module(model, block)
         x = activations(B, T, spec["model"]["d_model"])
-        base = a["rope_base"] if a["rope"] else None
-        args = (x, weights(module), n_heads(spec), base, a["causal"])
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
+        args = (x, weights(module), n_heads(spec), rope, a["causal"])
         with torch.no_grad():
             same(module(x), oracles.mha(*args, a["qk_norm"]) if kind == "mha" else oracles.mla(*args))
 
@@ -409,9 +419,9 @@ def test_gated_value_embedding_equals_the_oracle(variants):
         idx = tokens(B, T, spec["model"]["vocab_size"], seed=3)
         x = activations(B, T, spec["model"]["d_model"], seed=4)
         rows = getattr(model, f"{block}_values")(idx)[i]
-        base = a["rope_base"] if a["rope"] else None
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
         with torch.no_grad():
-            expected = oracles.mha(x, weights(attn), n_heads(spec), base, a["causal"], a["qk_norm"], rows)
+            expected = oracles.mha(x, weights(attn), n_heads(spec), rope, a["causal"], a["qk_norm"], rows)
             same(attn(x, None, 0, rows), expected)
             assert (attn(x) - expected).abs().max() > 1e-2  # the value changes the output
     spec, model = variants["self_attn_core_values"]

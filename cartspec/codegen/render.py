@@ -95,12 +95,14 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "ffn_template": m.ffn.template,
         "ffn_cls": m.ffn.class_name,
         "rope": arch.rope_base is not None,
+        "rope_style": arch.rope_style,
         "attention_classes": list(attention_classes.values()),
         "layer_classes": list({lc.name: lc for lc, _ in layers.values()}.values()),
         "anchor": arch.anchor,
         "anchor_grouped": arch.anchor is not None and arch.anchor.grouped(m),
         "core": core,
-        "loop_templates": [p.template for p in loop_parts],
+        "loop_templates": [p.template for p in loop_parts]
+        + ([arch.core.init_state.template] if arch.core and arch.core.init_state.template else []),
         "values_template": next((v.template for _, v, _ in arch.value_stages()), ""),
         "tied": m.tie_embeddings,
         "needs_math": any("math." in e.rule for e in entries) or bool(loop_parts),
@@ -275,6 +277,8 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
         lines.append(f"self.anchor = AnchorKV(config)  # {note}")
     core = arch.core
     if core:
+        if core.init_state.attribute:
+            lines.append(f"self.{core.init_state.attribute} = {core.init_state.constructor()}")
         gate = ""
         if core.value_embedding is not None:
             build_values("core", "1" if core.layers == 1 else "config.core_layers")
