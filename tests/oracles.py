@@ -193,6 +193,12 @@ def hyper_mix(states: list[torch.Tensor], raw: torch.Tensor) -> torch.Tensor:
     return sum(p[i] * s for i, s in enumerate(states))
 
 
+def diagonal_inject(h: torch.Tensor, e: torch.Tensor, w: Weights) -> torch.Tensor:
+    """exp(-s * exp(A_log)) * h + s * (e B^T), with the step s = log(1 + exp(dt_bias))."""
+    step = torch.log1p(torch.exp(w["dt_bias"]))
+    return torch.exp(-step * torch.exp(w["A_log"])) * h + step * linear(e, w["B"])
+
+
 def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
     """proj(table[r]), table[r, 2i] = sin(r / 10000^(2i/dim)), table[r, 2i + 1] = cos(the same)."""
     row = torch.empty(dim, dtype=torch.float64)
@@ -345,8 +351,11 @@ class Reference:
             h_in = hyper_mix(states, self.sd["state_mix.weights"]) if mix is not None else states[0]
             if table is not None:
                 h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
-            if (core.get("inject") or {}).get("kind") == "add":
+            inject = (core.get("inject") or {}).get("kind")
+            if inject == "add":
                 h_in = h_in + e
+            elif inject == "diagonal":
+                h_in = diagonal_inject(h_in, e, _sub(self.sd, "inject."))
             if every_loop:
                 kv = self.anchor(h_in)
             h = self.loop_step(h_in, r, kv, values)

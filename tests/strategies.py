@@ -270,7 +270,7 @@ def valid_spec(c: Chooser) -> dict:
                 core["init_state"] = {"kind": start}
             reads_input = core["attention"]["kind"] == "cross" or start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
-                core["inject"] = {"kind": "add"}
+                core["inject"] = {"kind": c.choice(["add", "diagonal"])}
             _maybe(c, core, "checkpoint", c.boolean)
             _maybe(c, core, "readout", lambda: {"kind": "linear"})
             blocks["core"] = core
@@ -406,6 +406,8 @@ def counts(spec: dict) -> tuple[int, int]:
             modules["loop_embedding"] = (core["loop_embedding"].get("dim", 32) * d, loops)
         if "readout" in core:
             modules["readout"] = (d * d, 1)
+        if core.get("inject", {}).get("kind") == "diagonal":  # B, A_log, dt_bias, run every loop
+            modules["inject"] = (d * d + 2 * d, loops)
 
     stored = sum(size for size, _ in modules.values())
     for group in spec.get("share", []):

@@ -78,7 +78,13 @@ VARIANTS = {
             "blocks.coda.attention={kind: mha, qk_norm: true}",
             "blocks.coda.value_embedding={kind: gated, layers: [0]}",
             "blocks.core.readout={kind: linear}",
+            "blocks.core.inject={kind: diagonal}",
+            "blocks.core.init_state={kind: trunc_normal, seed: 5}",
         ),
+    ),
+    "add_inject_zero_start": (
+        CART_TINY,
+        ("blocks.core.inject={kind: add}", "blocks.core.init_state={kind: zeros}"),
     ),
     "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
     "dense_relu2_hidden": (DENSE_TINY, ("model.ffn={kind: relu2, hidden: 40}",)),
@@ -428,6 +434,23 @@ def test_gated_value_embedding_equals_the_oracle(variants):
     assert [t is None for t in model.core_values(tokens(B, T, 96))] == [True, False]
 
 
+def test_inject_kinds_equal_the_oracle(variants):
+    """diagonal: the module against its definition, with weights far from its identity-like start;
+    add has no module: the whole models that use each kind equal the oracle."""
+    spec, model = variants["self_attn_core_values"]
+    h, e = (
+        activations(B, T, spec["model"]["d_model"], seed=12),
+        activations(B, T, spec["model"]["d_model"], seed=13),
+    )
+    with torch.no_grad():
+        same(model.inject(h, e), oracles.diagonal_inject(h, e, weights(model.inject)))
+    for label in ("self_attn_core_values", "add_inject_zero_start"):
+        spec, model = variants[label]
+        idx = tokens(B, T, spec["model"]["vocab_size"], seed=14)
+        with torch.no_grad():
+            same(model(idx)[0], oracles.model_logits(spec, model.state_dict(), idx))
+
+
 def test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop(variants):
     spec, model = variants["self_attn_core_values"]
     h = activations(B, T, spec["model"]["d_model"], seed=7)
@@ -541,12 +564,22 @@ ORACLES = {
     ("ffn", "relu2"): test_relu2_mlp_equals_the_oracle,
     ("value_embedding", "gated"): test_gated_value_embedding_equals_the_oracle,
     ("readout", "linear"): test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop,
+    ("inject", "add"): test_inject_kinds_equal_the_oracle,
+    ("inject", "diagonal"): test_inject_kinds_equal_the_oracle,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,
     ("norm", "layernorm"): test_layernorm_in_every_placement_equals_the_oracle,
     ("anchor", "mla_kv"): test_latent_anchor_equals_the_oracle,
     ("anchor", "kv"): test_full_rank_anchor_equals_the_oracle_repeated_to_the_query_heads,
 }
-REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding", "value_embedding", "readout")
+REGISTRY_FAMILIES = (
+    "attention",
+    "gate",
+    "state_mix",
+    "loop_embedding",
+    "value_embedding",
+    "readout",
+    "inject",
+)
 
 
 def registered_kinds() -> set[tuple[str, str]]:

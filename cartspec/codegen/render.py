@@ -120,7 +120,7 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
 # layer classes): the model class must shadow none of them.
 BUILDING_BLOCKS = frozenset(
     {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "MLP", "ReLU2MLP", "AnchorKV", "LTIGate", "StateMix"}
-    | {"LoopEmbedding", "CoreBlock", "CoreLayer", "ValueEmbeddings"}
+    | {"LoopEmbedding", "CoreBlock", "CoreLayer", "ValueEmbeddings", "DiagonalInject"}
 )
 
 
