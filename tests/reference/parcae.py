@@ -56,9 +56,9 @@ class ParcaeShape:
 def initial_state(
     shape: tuple[int, ...], std: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A truncated normal at ±3 std (Parcae's "like-init"). Parcae fills the tensor with a standard
-    normal draw first and then overwrites it, which only moves the random stream along."""
-    h = torch.empty(shape)
+    """Parcae's "like-init": a standard normal draw, then overwritten in place by a truncated normal
+    at +-3 std (the first draw only moves the random stream along, but a seeded run needs it)."""
+    h = torch.randn(shape, generator=generator)
     torch.nn.init.trunc_normal_(h, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
     return h
 
