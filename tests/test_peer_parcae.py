@@ -191,3 +191,15 @@ def test_generated_gpt_baseline_logits_equal_the_reference(tiny):
     expected = reference.gpt_forward(weights, shape_of(spec), spec.blocks.stack.layers, idx)
     assert expected.abs().max() > 1
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+
+
+def test_the_diagonal_injection_starts_where_parcae_starts_it(tiny):
+    """A = exp(A_log) = 1, a step whose decay exp(-step A) is sqrt(1/5), and B = I (init_weights)."""
+    _, model = tiny["parcae"]
+    inject = type(model.inject)(model.config.d_model)
+    inject.reset_parameters()
+    step = torch.nn.functional.softplus(inject.dt_bias.detach())
+    torch.testing.assert_close(
+        torch.exp(-step * torch.exp(inject.A_log.detach())), torch.full((64,), 0.2**0.5)
+    )
+    torch.testing.assert_close(inject.B.detach(), torch.eye(64), rtol=0, atol=0)
