@@ -20,6 +20,7 @@ from cartspec.options import (
     check_sample_args,
     loop_counts,
     most_loops,
+    peak_tflops,
     read_prompts,
     train_choices,
     write,
@@ -238,6 +239,26 @@ def train(
             help="Processes on this machine, through torchrun (train.parallel: ddp or fsdp).",
         ),
     ] = 1,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new run from the weights of a run folder (its newest valid checkpoint) or a checkpoint folder.",
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard", help="Also write TensorBoard event files (pip install 'cartspec[tensorboard]')."
+        ),
+    ] = False,
+    peak: Annotated[
+        str | None,
+        typer.Option(
+            "--peak-tflops",
+            help="One device's peak TFLOP/s, for the mfu of metrics.jsonl where the GPU table has none (or a CPU).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
@@ -247,6 +268,7 @@ def train(
     from cartspec.runtime.loop import Options, TrainingDiverged
     from cartspec.runtime.loop import train as run_training
 
+    peak_value = peak_tflops(peak)  # the rest of the new options are checked by the runtime, first
     overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
     for flag, key, value in (
         ("--compile", "compile", compile_scope),
@@ -270,6 +292,9 @@ def train(
         argv += ["--out", str(out)] if out is not None else []
         argv += ["--resume", resume] if resume is not None else []
         argv += ["--until", str(until)] if until is not None else []
+        argv += ["--init-from", init_from] if init_from is not None else []
+        argv += ["--peak-tflops", peak] if peak is not None else []
+        argv += ["--tensorboard"] if tensorboard else []
         argv += ["--json"] if as_json else []
         raise typer.Exit(distributed.launch(nproc, argv))
     options = Options(
@@ -277,7 +302,10 @@ def train(
         resume=resume,
         device=device,
         until=until,
-        progress=sys.stderr.isatty(),
+        progress="bar" if sys.stderr.isatty() else "lines",
+        init_from=init_from,
+        tensorboard=tensorboard,
+        peak_tflops=peak_value,
     )
     try:
         summary = run_training(resolved, options)

@@ -19,6 +19,19 @@ def train_choices(key: str) -> tuple[str, ...]:
     return get_args(Train.model_fields[key].annotation)
 
 
+def peak_tflops(text: str | None) -> float | None:
+    """``--peak-tflops``: one device's peak in TFLOP/s, a positive finite number."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"--peak-tflops: expected a positive number of TFLOP/s (e.g. 989), got {text!r}")
+    return value
+
+
 def loop_counts(text: str | None) -> list[int] | None:
     if text is None:
         return None

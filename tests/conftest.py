@@ -53,6 +53,19 @@ def cli() -> Callable[..., CliResult]:
     return run_cli_in_process
 
 
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token cache for the runs of a test module."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cartspec_cache(token_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$CARTSPEC_CACHE set to the module's token cache, where the in-process CLI finds it."""
+    monkeypatch.setenv("CARTSPEC_CACHE", str(token_cache))
+    return token_cache
+
+
 def write_text(directory: Path, text: str, name: str = "spec.yaml") -> Path:
     """Write ``text`` (dedented, leading newline dropped) as ``directory/name``; return its path.
 
