@@ -14,6 +14,7 @@ from typing import Any
 from cartspec.components.anchor import Anchor
 from cartspec.components.attention import Attention
 from cartspec.components.loop import LoopPart
+from cartspec.components.values import GatedValueEmbedding
 from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
 
 LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the order they may run
@@ -26,6 +27,12 @@ class Stage:
     name: str
     layers: int
     attention: Attention
+    values: GatedValueEmbedding | None = None  # value-embedding tables of some layers
+    output_norm: bool = False  # a norm on the stage's output
+
+    def gated(self, i: int) -> bool:
+        """Layer i reads a value-embedding table through its gate."""
+        return self.values is not None and i in self.values.layers
 
 
 @dataclass(frozen=True)
@@ -67,19 +74,31 @@ class Architecture:
         """Every attention causal: the model decodes token by token with a KV cache."""
         return all(a.causal for a in self.attentions)
 
-    def layer_parts(self, attention: Attention) -> dict[str, int]:
-        """Parameters of one pre-norm layer: attention, FFN and its two norms."""
+    def layer_parts(self, attention: Attention, values: GatedValueEmbedding | None = None) -> dict[str, int]:
+        """Parameters of one pre-norm layer: attention, FFN and its two norms (and the gate of
+        its value embedding, when ``values`` is given)."""
         m = self.model
-        return {
+        parts = {
             "attn": attention.params(m),
             "ffn": m.ffn.params(m.d_model),
             "norms": 2 * m.norm.params(m.d_model),
         }
+        if values is not None:
+            parts["value_gate"] = values.gate_params(attention.size(m))
+        return parts
 
-    def layer_flops(self, attention: Attention) -> int:
-        """Forward FLOPs per sequence of one layer."""
+    def layer_flops(self, attention: Attention, values: GatedValueEmbedding | None = None) -> int:
+        """Forward FLOPs per sequence of one layer (a table lookup costs none; its gate does)."""
         m, T = self.model, self.model.max_seq_len
-        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T)
+        gate = 2 * values.gate_params(attention.size(m)) * T if values is not None else 0
+        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T) + gate
+
+    def value_stages(self) -> list[tuple[str, GatedValueEmbedding, int]]:
+        """(stage, its value embedding, K/V heads) of every stage with tables, core included."""
+        stages = [(s.name, s.values, s.attention) for s in self.stages]
+        if self.core is not None:
+            stages.append(("core", self.core.value_embedding, self.core.attention))
+        return [(name, v, a.size(self.model)) for name, v, a in stages if v is not None]
 
     def shareable(self) -> dict[str, tuple]:
         """Every module a ``share:`` group may name, with its structure: members of one group
@@ -87,10 +106,11 @@ class Architecture:
         out: dict[str, tuple] = {}
         for stage in self.stages:
             for i in range(stage.layers):
-                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention))
+                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention), stage.gated(i))
         c = self.core
         if c is not None:
-            signature = ("core", c.layers, _structure(c.attention))
+            gates = tuple(c.value_embedding.layers) if c.value_embedding else ()
+            signature = ("core", c.layers, _structure(c.attention), gates)
             for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
                 out[module] = signature
         return out
@@ -105,7 +125,10 @@ class Architecture:
         """Every module with parameters of its own before sharing: the graph's sharing groups."""
         names = {"embedding", "norm", *self.shareable()}
         names |= {"anchor"} if self.anchor else set()
+        names |= {f"{stage}_values" for stage, _, _ in self.value_stages()}
+        names |= {f"{s.name}_norm" for s in self.stages if s.output_norm}
         names |= {p.attribute for p in self.loop_parts() if p.attribute}
+        names |= {"readout"} if self.core is not None and self.core.readout is not None else set()
         names |= set() if self.model.tie_embeddings else {"head"}
         return names
 
@@ -118,7 +141,7 @@ def resolve_architecture(spec: Spec) -> Architecture:
     """The spec's architecture with every default size made concrete (the spec passed the checks)."""
     m, b = spec.model, spec.blocks
     stages = tuple(
-        Stage(name, stack.layers, stack.attention.resolved(m))
+        Stage(name, stack.layers, stack.attention.resolved(m), stack.value_embedding, stack.output_norm)
         for name in LAYER_STAGES
         if (stack := getattr(b, name)) is not None
     )

@@ -358,7 +358,7 @@ def flop_counter_view(spec: dict, report) -> int:
     per_norm = 2 * (1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2) * d * T
     layer_uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
     core = blocks.get("core")
-    loop_control = visible = 0
+    loop_control = visible = elementwise = 0
     if core is not None:
         layer_uses += core.get("layers", 1) * core["loops"]
         if (core.get("gate") or {}).get("kind") == "lti":
@@ -369,8 +369,12 @@ def flop_counter_view(spec: dict, report) -> int:
             dim = core["loop_embedding"].get("dim", 32)
             loop_control += 2 * dim * d * T
             visible += core["loops"] * 2 * dim * d
-    norms = (2 * layer_uses + 1) * per_norm
-    return report.flops.forward_per_sequence + report.flops.head_per_sequence - norms - loop_control + visible
+        if (core.get("inject") or {}).get("kind") == "diagonal":  # decay and step: elementwise
+            elementwise += core["loops"] * 2 * 2 * d * T
+    output_norms = sum(1 for b in ("stack", "prelude", "coda") if blocks.get(b, {}).get("output_norm"))
+    norms = (2 * layer_uses + 1 + output_norms) * per_norm
+    counted = report.flops.forward_per_sequence + report.flops.head_per_sequence
+    return counted - norms - loop_control - elementwise + visible
 
 
 @TORCH

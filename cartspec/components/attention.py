@@ -83,6 +83,11 @@ class MHA(Attention):
     rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
     rope_style: RopeStyle = Field("half", description=ROPE_STYLE_DOC)
     causal: bool = Field(True, description="Causal mask.")
+    qk_norm: bool = Field(
+        False,
+        description="A parameter-free RMS norm of q and k over the head dim after RoPE "
+        "(eps: float32's machine epsilon), as Parcae.",
+    )
 
     def resolved(self, m: ModelConfig) -> MHA:
         return self.model_copy(update={"kv_heads": self.size(m)})
@@ -101,7 +106,7 @@ class MHA(Attention):
 
     def class_name(self, m: ModelConfig) -> str:
         base = "GroupedQueryAttention" if self.grouped(m) else "SelfAttention"
-        return base + _suffix(self.rope, self.causal)
+        return base + _suffix(self.rope, self.causal) + ("QKNorm" if self.qk_norm else "")
 
     def config_entries(self, block: str, m: ModelConfig) -> list[ConfigEntry]:
         heads = self.size(m)
