@@ -15,6 +15,7 @@ from cartspec.components.anchor import Anchor
 from cartspec.components.attention import Attention
 from cartspec.components.loop import LoopPart
 from cartspec.components.norm import NORMS_PER_LAYER
+from cartspec.components.values import GatedValueEmbedding
 from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
 
 LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the order they may run
@@ -28,6 +29,12 @@ class Stage:
     layers: int
     attention: Attention
     placement: str  # pre | sandwich
+    values: GatedValueEmbedding | None = None  # value-embedding tables of some layers
+    output_norm: bool = False  # a norm on the stage's output
+
+    def gated(self, i: int) -> bool:
+        """Layer i reads a value-embedding table through its gate."""
+        return self.values is not None and i in self.values.layers
 
 
 @dataclass(frozen=True)
@@ -69,20 +76,36 @@ class Architecture:
         """Every attention causal: the model decodes token by token with a KV cache."""
         return all(a.causal for a in self.attentions)
 
-    def layer_parts(self, attention: Attention, placement: str) -> dict[str, int]:
-        """Parameters of one layer: attention, FFN and its norms (two pre-norm, four sandwich)."""
+    def layer_parts(
+        self, attention: Attention, placement: str, values: GatedValueEmbedding | None = None
+    ) -> dict[str, int]:
+        """Parameters of one layer: attention, FFN and its norms (two pre-norm, four sandwich),
+        and the gate of its value embedding when ``values`` is given."""
         m = self.model
-        return {
+        parts = {
             "attn": attention.params(m),
             "ffn": m.ffn.params(m.d_model),
             "norms": NORMS_PER_LAYER[placement] * m.norm.params(m.d_model),
         }
+        if values is not None:
+            parts["value_gate"] = values.gate_params(attention.size(m))
+        return parts
 
-    def layer_flops(self, attention: Attention, placement: str) -> int:
-        """Forward FLOPs per sequence of one layer."""
+    def layer_flops(
+        self, attention: Attention, placement: str, values: GatedValueEmbedding | None = None
+    ) -> int:
+        """Forward FLOPs per sequence of one layer (a table lookup costs none; its gate does)."""
         m, T = self.model, self.model.max_seq_len
         norms = NORMS_PER_LAYER[placement] * m.norm.flops(m.d_model, T)
-        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + norms
+        gate = 2 * values.gate_params(attention.size(m)) * T if values is not None else 0
+        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + norms + gate
+
+    def value_stages(self) -> list[tuple[str, GatedValueEmbedding, int]]:
+        """(stage, its value embedding, K/V heads) of every stage with tables, core included."""
+        stages = [(s.name, s.values, s.attention) for s in self.stages]
+        if self.core is not None:
+            stages.append(("core", self.core.value_embedding, self.core.attention))
+        return [(name, v, a.size(self.model)) for name, v, a in stages if v is not None]
 
     def shareable(self) -> dict[str, tuple]:
         """Every module a ``share:`` group may name, with its structure: members of one group
@@ -90,10 +113,12 @@ class Architecture:
         out: dict[str, tuple] = {}
         for stage in self.stages:
             for i in range(stage.layers):
-                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention), stage.placement)
+                structure = _structure(stage.attention)
+                out[f"{stage.name}.{i}"] = ("layer", structure, stage.placement, stage.gated(i))
         c = self.core
         if c is not None:
-            signature = ("core", c.layers, _structure(c.attention), c.norm_placement)
+            gates = tuple(c.value_embedding.layers) if c.value_embedding else ()
+            signature = ("core", c.layers, _structure(c.attention), c.norm_placement, gates)
             for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
                 out[module] = signature
             if c.out_norm:
@@ -111,7 +136,10 @@ class Architecture:
         """Every module with parameters of its own before sharing: the graph's sharing groups."""
         names = {"embedding", "norm", *self.shareable()}
         names |= {"anchor"} if self.anchor else set()
+        names |= {f"{stage}_values" for stage, _, _ in self.value_stages()}
+        names |= {f"{s.name}_norm" for s in self.stages if s.output_norm}
         names |= {p.attribute for p in self.loop_parts() if p.attribute}
+        names |= {"readout"} if self.core is not None and self.core.readout is not None else set()
         names |= set() if self.model.tie_embeddings else {"head"}
         return names
 
@@ -124,7 +152,14 @@ def resolve_architecture(spec: Spec) -> Architecture:
     """The spec's architecture with every default size made concrete (the spec passed the checks)."""
     m, b = spec.model, spec.blocks
     stages = tuple(
-        Stage(name, stack.layers, stack.attention.resolved(m), stack.norm_placement or m.norm.placement)
+        Stage(
+            name,
+            stack.layers,
+            stack.attention.resolved(m),
+            stack.norm_placement or m.norm.placement,
+            stack.value_embedding,
+            stack.output_norm,
+        )
         for name in LAYER_STAGES
         if (stack := getattr(b, name)) is not None
     )

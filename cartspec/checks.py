@@ -176,8 +176,12 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
         if node is not None:
             at = ("blocks", block, "attention")
             problems += [((*at, *sub), message) for sub, message in node.attention.problems(m)]
+            if node.value_embedding is not None:
+                found = node.value_embedding.problems(m, node.layers, node.attention.kind)
+                problems += [(("blocks", block, "value_embedding", *sub), msg) for sub, msg in found]
     if spec.blocks.anchor is not None:
         problems += [(("blocks", "anchor", *sub), msg) for sub, msg in spec.blocks.anchor.problems(m)]
+    problems += [(("model", "ffn", *sub), msg) for sub, msg in m.ffn.problems()]
     if problems:
         return
     stored = _rough_stored(spec)
@@ -222,6 +226,10 @@ def _rough_stored(spec: Spec) -> int:
     if b.core is not None:
         copies = 1 if b.core.shared else b.core.loops
         total += copies * b.core.layers * (layer + b.core.attention.params(m))
+    for block in ("stack", "prelude", "core", "coda"):  # value-embedding tables: a vocabulary each
+        node = getattr(b, block)
+        if node is not None and node.value_embedding is not None:
+            total += node.value_embedding.table_params(m, node.attention.size(m))
     return total
 
 

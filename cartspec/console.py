@@ -55,7 +55,7 @@ def print_params(report: ParamReport) -> None:
         ("stored", report.stored, "unique parameters (shared and tied counted once)"),
         ("effective", report.effective, "size x calls per forward: the unrolled network"),
         ("effective (paper)", report.effective_paper, "the CART author's count_parameters()"),
-        ("embedding", report.embedding, "vocab x d (once when tied)"),
+        ("embedding", report.embedding, "vocab x d (once when tied), value-embedding tables"),
         ("non-embedding", report.non_embedding, "stored - embedding"),
     ]
     for label, value, note in rows:

@@ -27,6 +27,9 @@ SelfAttention = union(tuple(k for k in kinds("attention") if not k.reads_anchor)
 Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
+ValueEmbedding = union(kinds("value_embedding"))
+Readout = union(kinds("readout"))
+VALUES_DOC = "Token-indexed tables added to the V of the listed layers, through a gate; null: none."
 Inject = union(kinds("inject"))
 InitState = union(kinds("init_state"))
 
@@ -93,6 +96,11 @@ class Stack(Strict):
     norm_placement: Placement | None = Field(
         None, description="pre or sandwich for this stage's layers; null: model.norm.placement."
     )
+    value_embedding: ValueEmbedding | None = Field(None, description=VALUES_DOC)
+    output_norm: bool = Field(
+        False,
+        description="A norm (model.norm) on the stage's output: Parcae's ln_prelude, so the loop reads a normalised e.",
+    )
 
 
 class Core(Strict):
@@ -105,6 +113,9 @@ class Core(Strict):
     )
     layers: int = Field(1, ge=1, le=64, description="Layers inside one loop of the core.")
     attention: AnyAttention = Field(..., description="cross (to an anchor) or self-attention (mha, mla).")
+    value_embedding: ValueEmbedding | None = Field(
+        None, description=VALUES_DOC + " Looked up once per forward, read by every loop."
+    )
     gate: Gate | None = Field(
         None, description="How the block output meets the loop input; null: h = block(h_in)."
     )
@@ -128,6 +139,9 @@ class Core(Strict):
         False,
         description="A norm on the loop's last state, before the coda (module core_out_norm). "
         "Huginn's ln_f runs here and before the head: share it with `share: [{name: ln_f, members: [core_out_norm, norm]}]`.",
+    )
+    readout: Readout | None = Field(
+        None, description="Maps the last loop state to the coda's input, once per forward; null: none."
     )
     checkpoint: bool = Field(
         False, description="Per-loop activation checkpointing (recompute each loop in backward)."

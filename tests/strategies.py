@@ -142,6 +142,7 @@ def _self_attention(c: Chooser, d: int, heads: int, rope: dict[str, Any]) -> dic
     a: dict[str, Any] = {"kind": kind}
     if kind == "mha":
         _maybe(c, a, "kv_heads", lambda: c.choice(_divisors(heads)))
+        _maybe(c, a, "qk_norm", c.boolean)
     else:
         _maybe(c, a, "kv_latent", lambda: c.integer(1, d))
     _maybe(c, a, "rope", c.boolean)
@@ -162,7 +163,26 @@ PLACEMENTS = ["pre", "sandwich"]
 def _stack(c: Chooser, d: int, heads: int, rope: dict[str, Any], most: int = 3) -> dict:
     stack = {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope)}
     _maybe(c, stack, "norm_placement", lambda: c.choice(PLACEMENTS))
+    _maybe_values(c, stack, d)
+    _maybe(c, stack, "output_norm", c.boolean)
     return stack
+
+
+def _maybe_values(c: Chooser, stage: dict, d: int) -> None:
+    """Value embeddings on a non-empty subset of an mha stage's layers, now and then."""
+    if stage["attention"]["kind"] != "mha" or not c.boolean():
+        return
+    n = stage.get("layers", 1)
+    layers = [i for i in range(n) if c.boolean()] or [n - 1]
+    values: dict[str, Any] = {"kind": "gated", "layers": c.choice([layers, layers[::-1]])}
+    if d < 32 or c.boolean():  # the default 32 channels need d_model >= 32
+        values["gate_channels"] = c.choice([1, 4, 8, d])
+    stage["value_embedding"] = values
+
+
+def gated(blocks: dict, block: str, i: int) -> bool:
+    """Layer i of a stage (or of the core) has a value embedding."""
+    return i in (blocks.get(block, {}).get("value_embedding") or {}).get("layers", [])
 
 
 def valid_spec(c: Chooser) -> dict:
@@ -176,13 +196,15 @@ def valid_spec(c: Chooser) -> dict:
         "max_seq_len": c.integer(8, 32),
         "head_dim": head_dim,
     }
-    ffn: dict[str, Any] = {"kind": c.choice(["swiglu", "gelu"])}
+    ffn: dict[str, Any] = {"kind": c.choice(["swiglu", "gelu", "relu2"])}
     if c.boolean():
         ffn["hidden"] = c.integer(8, 96)
     elif ffn["kind"] == "swiglu":
         _maybe(c, ffn, "multiple_of", lambda: c.choice([16, 8, 32, 64]))
     if ffn["kind"] == "swiglu":
         _maybe(c, ffn, "fused", c.boolean)
+    if ffn["kind"] == "relu2":
+        _maybe(c, ffn, "scale", lambda: c.choice([0.5, 1.0, 2.0]))
     model["ffn"] = ffn
     norm: dict[str, Any] = {"kind": c.choice(["rmsnorm", "layernorm"])}
     _maybe(c, norm, "eps", lambda: c.choice([1e-6, 1e-5, 0.001]))
@@ -232,6 +254,7 @@ def valid_spec(c: Chooser) -> dict:
                 blocks["anchor"] = anchor
             else:
                 core["attention"] = _self_attention(c, d, heads, rope)
+                _maybe_values(c, core, d)
             gate = c.choice(["none", "lti", "residual"])
             if gate == "lti":
                 core["gate"] = {"kind": "lti"}
@@ -270,8 +293,9 @@ def valid_spec(c: Chooser) -> dict:
             cross = core["attention"]["kind"] == "cross" and start != "zeros"
             reads_input = cross or start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
-                core["inject"] = {"kind": c.choice(["add", "concat"])}
+                core["inject"] = {"kind": c.choice(["add", "concat", "diagonal"])}
             _maybe(c, core, "checkpoint", c.boolean)
+            _maybe(c, core, "readout", lambda: {"kind": "linear"})
             blocks["core"] = core
         if has["coda"]:
             blocks["coda"] = _stack(c, d, heads, rope)
@@ -280,6 +304,8 @@ def valid_spec(c: Chooser) -> dict:
                 blocks["coda"].pop("norm_placement", None)
                 if "norm_placement" in blocks["prelude"]:
                     blocks["coda"]["norm_placement"] = blocks["prelude"]["norm_placement"]
+                if blocks["coda"]["attention"]["kind"] != "mha":
+                    blocks["coda"].pop("value_embedding", None)
 
     spec: dict[str, Any] = {"name": _name(c)}
     _maybe(c, spec, "description", lambda: c.choice(["a tiny model", "x: 'y' # z"]))
@@ -318,11 +344,22 @@ def _share_groups(c: Chooser, blocks: dict) -> list[dict]:
     claimed: set[str] = set()
     for members in candidates:
         blocks_used = {m.split(".")[0] for m in members}
-        if blocks_used & claimed or not c.boolean():
+        if blocks_used & claimed or not c.boolean() or not _same_gates(blocks, members):
             continue
         claimed |= blocks_used
         groups.append({"name": f"group_{len(groups)}", "members": members})
     return groups
+
+
+def _same_gates(blocks: dict, members: list[str]) -> bool:
+    """Layer members are identical only if all or none of them have a value-embedding gate."""
+    flags = set()
+    for member in members:
+        block, _, index = member.partition(".")  # the final and out norms have no index
+        if block in ("stack", "prelude", "coda"):
+            n = blocks[block]["layers"]
+            flags |= {gated(blocks, block, i) for i in (range(n) if index == "*" else [int(index)])}
+    return len(flags) <= 1
 
 
 # ----------------------------------------------------------------------------- the oracle
@@ -339,7 +376,7 @@ def counts(spec: dict) -> tuple[int, int]:
     kind = ffn.get("kind", "swiglu")
     if "hidden" in ffn:
         hidden = ffn["hidden"]
-    elif kind == "gelu":
+    elif kind in ("gelu", "relu2"):
         hidden = 4 * d
     else:
         mo = ffn.get("multiple_of", 256)
@@ -358,13 +395,25 @@ def counts(spec: dict) -> tuple[int, int]:
         norms = 4 if stage.get("norm_placement", placement) == "sandwich" else 2
         return attention(stage["attention"]) + ffn_p + norms * norm
 
+    def gate(block: str, i: int) -> int:  # a value embedding's gate: channels -> K/V heads
+        values = b[block].get("value_embedding")
+        kv = b[block]["attention"].get("kv_heads", heads)
+        return values.get("gate_channels", 32) * kv if gated(b, block, i) else 0
+
     modules: dict[str, tuple[int, int]] = {"embedding": (V * d, 1), "norm": (norm, 1)}
     if not m.get("tie_embeddings", True):
         modules["head"] = (V * d, 1)
+    for block in ("stack", "prelude", "core", "coda"):
+        values = b.get(block, {}).get("value_embedding")
+        if values:  # one vocabulary-sized table of K/V width per listed layer, looked up once
+            kv = b[block]["attention"].get("kv_heads", heads)
+            modules[f"{block}_values"] = (len(values["layers"]) * V * kv * hd, 1)
     for block in ("stack", "prelude", "coda"):
         if block in b:
             for i in range(b[block]["layers"]):
-                modules[f"{block}.{i}"] = (layer(b[block]), 1)
+                modules[f"{block}.{i}"] = (layer(b[block]) + gate(block, i), 1)
+            if b[block].get("output_norm"):
+                modules[f"{block}_norm"] = (norm, 1)
     core = b.get("core")
     loops = core["loops"] if core else 0
     if "anchor" in b:
@@ -376,7 +425,7 @@ def counts(spec: dict) -> tuple[int, int]:
         )
         modules["anchor"] = (size, 1 if a.get("recompute", "never") == "never" else loops)
     if core:
-        size = core.get("layers", 1) * layer(core)
+        size = sum(layer(core) + gate("core", j) for j in range(core.get("layers", 1)))
         if core.get("out_norm"):
             modules["core_out_norm"] = (norm, 1)
         if core.get("shared", True):
@@ -391,6 +440,10 @@ def counts(spec: dict) -> tuple[int, int]:
             modules["loop_embedding"] = (core["loop_embedding"].get("dim", 32) * d, loops)
         if core.get("inject", {}).get("kind") == "concat":
             modules["inject"] = (2 * d * d, loops)  # Linear(2d -> d)
+        if "readout" in core:
+            modules["readout"] = (d * d, 1)
+        if core.get("inject", {}).get("kind") == "diagonal":  # B, A_log, dt_bias, run every loop
+            modules["inject"] = (d * d + 2 * d, loops)
 
     stored = sum(size for size, _ in modules.values())
     for group in spec.get("share", []):
@@ -1054,7 +1107,20 @@ def random_case(c: Chooser) -> SpecFiles:
     return SpecFiles({"spec.yaml": dump(spec)}, "spec.yaml", [], "random edit")
 
 
-KINDS = ["mha", "mla", "cross", "swiglu", "gelu", "rmsnorm", "layernorm", "lti", "residual", "hyper"]
+KINDS = [
+    "mha",
+    "mla",
+    "cross",
+    "swiglu",
+    "gelu",
+    "relu2",
+    "rmsnorm",
+    "layernorm",
+    "lti",
+    "residual",
+    "hyper",
+    "gated",
+]
 
 
 def _tweak(c: Chooser, value: Any) -> Any:

@@ -351,9 +351,9 @@ def test_sharing_survives_a_state_dict_and_a_safetensors_round_trip(out_dir, spe
 def flop_counter_view(spec: dict, report) -> int:
     """The report's forward FLOPs plus the head, as FlopCounterMode sees them (docs/accounting.md):
     it counts matmuls only, so the norms (2 x their parameters x T per use), Huginn's qk_bias (added,
-    2 x 2d x T per use) and the paper's once-only loop control (the gate and the blend are
-    elementwise) drop out, and the loop-embedding projection is one matmul of one table row per
-    loop, not one per token."""
+    2 x 2d x T per use), Parcae's diagonal inject (its decay and step are elementwise) and the
+    paper's once-only loop control (the gate and the blend are elementwise) drop out, and the
+    loop-embedding projection is one matmul of one table row per loop, not one per token."""
     m, blocks = spec["model"], spec["blocks"]
     d, T = m["d_model"], m["max_seq_len"]
     per_norm = 2 * (1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2) * d * T
@@ -369,7 +369,7 @@ def flop_counter_view(spec: dict, report) -> int:
     norm_uses = 1 + sum(s["layers"] * norms_per_layer(s) for s in stages)
     bias_uses = sum(s["layers"] for s in stages if biased(s))
     core = blocks.get("core")
-    loop_control = visible = 0
+    loop_control = visible = elementwise = 0
     if core is not None:
         runs = core.get("layers", 1) * core["loops"]
         norm_uses += runs * norms_per_layer(core) + (1 if core.get("out_norm") else 0)
@@ -382,7 +382,10 @@ def flop_counter_view(spec: dict, report) -> int:
             dim = core["loop_embedding"].get("dim", 32)
             loop_control += 2 * dim * d * T
             visible += core["loops"] * 2 * dim * d
-    unseen = norm_uses * per_norm + bias_uses * 2 * 2 * d * T + loop_control
+        if (core.get("inject") or {}).get("kind") == "diagonal":  # decay and step: elementwise
+            elementwise += core["loops"] * 2 * 2 * d * T
+    norm_uses += sum(1 for b in ("stack", "prelude", "coda") if blocks.get(b, {}).get("output_norm"))
+    unseen = norm_uses * per_norm + bias_uses * 2 * 2 * d * T + loop_control + elementwise
     return report.flops.forward_per_sequence + report.flops.head_per_sequence - unseen + visible
 
 

@@ -892,3 +892,64 @@ def test_huginns_parts_refuse_what_cannot_be_built_in_one_line(cli, write_spec, 
         sets += ["--set", "model.norm.placement=sandwich"]
     lines = errors(cli, "spec.yaml", *sets)
     assert len(lines) == 1 and lines[0].endswith(expected), lines
+
+
+# ----------------------------------------------------------------------------- value embeddings
+
+
+def test_value_embeddings_name_existing_layers_of_an_mha_stage_and_a_gate_within_d_model(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          prelude:
+            layers: 2
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [1, 2]}   # line 7: no layer 2
+          core:
+            loops: 2
+            attention: {kind: mla}
+            value_embedding: {kind: gated, layers: [0], gate_channels: 8}   # line 11: mla
+          coda:
+            layers: 1
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [0], gate_channels: 33}   # line 15
+        """)
+    assert errors(cli) == [
+        "spec.yaml:7:36: blocks.prelude.value_embedding.layers: [2] beyond the stage's 2 layers (0..1)",
+        "spec.yaml:11:23: blocks.core.value_embedding.kind: value embeddings add to the V of an mha attention, not mla",
+        "spec.yaml:15:49: blocks.coda.value_embedding.gate_channels: 33 exceeds d_model 32",
+    ]
+
+
+def test_value_embedding_layers_are_distinct(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          stack:
+            layers: 2
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [1, 1], gate_channels: 8}   # line 7
+        """)
+    assert errors(cli) == [
+        "spec.yaml:7:36: blocks.stack.value_embedding.layers: layer indices must be distinct and at least 0, got [1, 1]"
+    ]
+
+
+def test_a_layer_with_a_value_embedding_shares_only_with_layers_that_have_one(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          stack:
+            layers: 2
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [1], gate_channels: 8}
+        share:
+          - name: both
+            members: [stack.0, stack.1]   # line 10: only stack.1 has a gate
+        """)
+    assert errors(cli) == [
+        "spec.yaml:10:5: share.0.members: members are not structurally identical: 'stack.1' differs from 'stack.0'"
+    ]

@@ -24,7 +24,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         ConfigEntry(
             name="n_heads", type="int", rule="self.d_model // self.head_dim", comment="d_model / head_dim"
         ),
-        m.ffn.config_entry(m.d_model),
+        *m.ffn.config_entries(m.d_model),
         ConfigEntry(name="norm_eps", type="float", value=repr(m.norm.eps)),
         ConfigEntry(name="init_std", type="float", value=repr(m.init_std)),
     ]
@@ -45,6 +45,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if stack is not None:
             entries.append(ConfigEntry(name=f"{name}_layers", type="int", value=str(stack.layers)))
             entries += stack.attention.config_entries(name, m)
+            entries += stack.value_embedding.config_entries(name) if stack.value_embedding else []
     if b.anchor:
         entries += b.anchor.config_entries(m)
     if b.core:
@@ -53,6 +54,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if c.layers > 1:
             entries.append(ConfigEntry(name="core_layers", type="int", value=str(c.layers)))
         entries += c.attention.config_entries("core", m)
+        entries += c.value_embedding.config_entries("core") if c.value_embedding else []
         for part in arch.loop_parts():
             entries += part.config_entries()
         entries += c.init_state.config_entries()
@@ -60,6 +62,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
     if b.coda:
         entries.append(ConfigEntry(name="coda_layers", type="int", value=str(b.coda.layers)))
         entries += b.coda.attention.config_entries("coda", m)
+        entries += b.coda.value_embedding.config_entries("coda") if b.coda.value_embedding else []
     return entries
 
 

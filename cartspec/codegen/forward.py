@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cartspec.architecture import Architecture
+from cartspec.architecture import Architecture, Stage
 from cartspec.codegen.layout import wrap
 
 
@@ -11,7 +11,7 @@ def forward_context(arch: Architecture, core: dict | None) -> dict:
     if core is None:
         lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", _embed(arch)]
         for stage in arch.stages:  # the stack
-            lines += _stage_lines(stage.name)
+            lines += _stage_lines(stage)
         return {"forward_lines": lines, "cache": _cache_context(arch)}
     return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch), "cache": _cache_context(arch)}
 
@@ -23,12 +23,22 @@ def _embed(arch: Architecture) -> str:
     return "x = self.embedding(idx)"
 
 
-def _stage_lines(name: str) -> list[str]:
-    """Run a stage's layers, each with its own cache when decoding."""
-    return [
-        f"for i, layer in enumerate(self.{name}):",
-        f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
-    ]
+def _stage_lines(stage: Stage) -> list[str]:
+    """Run a stage's layers, each with its own cache when decoding (and its value embedding),
+    then the stage's output norm."""
+    name = stage.name
+    if stage.values is not None:
+        lines = [
+            f"values = self.{name}_values(idx)  # the value-embedding rows of each layer that has a table",
+            f"for i, layer in enumerate(self.{name}):",
+            f"    x = layer(x, None if cache is None else cache.{name}[i], start, values[i])",
+        ]
+    else:
+        lines = [
+            f"for i, layer in enumerate(self.{name}):",
+            f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
+        ]
+    return lines + ([f"x = self.{name}_norm(x)"] if stage.output_norm else [])
 
 
 def _cache_context(arch: Architecture) -> dict:
@@ -110,6 +120,14 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         else f", kv: {'LayerKV' if c.layers == 1 else 'list[LayerKV]'} | None = None, start: int = 0"
     )
     block_param = "" if c.shared else "core: CoreBlock, "  # the loop's own block
+    values = c.value_embedding is not None  # only a self-attending core has them
+    if values:  # a list per core layer; one tensor (or None) for a one-layer core
+        kv_args += ", values" if c.layers > 1 else ", value"
+        kv_params += (
+            ", values: list[torch.Tensor | None] | None = None"
+            if c.layers > 1
+            else ", value: torch.Tensor | None = None"
+        )
     out = f"{'self.core' if c.shared else 'core'}(h_in{kv_args})"
     step_body = c.gate.step(out) if c.gate is not None else out
     step_doc = c.gate.step_doc() if c.gate is not None else "h = core(h_in)"
@@ -117,7 +135,7 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     lines = [_embed(arch)]
     prelude = arch.stage("prelude")
     if prelude:
-        lines += _stage_lines("prelude")
+        lines += _stage_lines(prelude)
     lines.append("e = x  # the context anchor: the final prelude output" if prelude else "e = x")
     anchor = arch.anchor
     if anchor and anchor.recompute == "never":
@@ -150,12 +168,24 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
             "    k, v = cache.anchor[r].extend(k, v)",
         ]
     own = "" if c.shared else "self.core[r], "
+    if values:
+        lines.append("core_values = self.core_values(idx)  # looked up once, read by every loop")
     if cached_core:
+        block = [] if c.shared else ["self.core[r]"]
+        passed = ["core_values" if c.layers > 1 else "core_values[0]"] if values else []
+        checkpointed = [*block, "h_in", *(["None", "0"] if values else []), *passed]
+        cached = [*block, "h_in", "None if cache is None else cache.core[r]", "start", *passed]
+        indent = 20  # forward's body, the loop, the grad context, the branch
         body += [
             "if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:",
-            f"    h = checkpoint(self.loop_step, {own}h_in, use_reentrant=False)",
+            *(
+                f"    {line}"
+                for line in wrap(
+                    indent, "h = checkpoint(", ["self.loop_step", *checkpointed, "use_reentrant=False"], ")"
+                )
+            ),
             "else:",
-            f"    h = self.loop_step({own}h_in, None if cache is None else cache.core[r], start)",
+            *(f"    {line}" for line in wrap(indent, "h = self.loop_step(", cached, ")")),
         ]
     else:
         body += [
@@ -187,8 +217,11 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     ]
     if c.out_norm:
         lines.append("x = self.core_out_norm(x)")
-    if arch.stage("coda"):
-        lines += _stage_lines("coda")
+    if c.readout is not None:
+        lines.append("x = self.readout(x)  # the last loop state read out for the coda")
+    coda = arch.stage("coda")
+    if coda:
+        lines += _stage_lines(coda)
     return {
         "forward_lines": lines,
         "step_def": wrap(

@@ -9,7 +9,7 @@ source; the spec's free text never does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import jinja2
@@ -34,6 +34,8 @@ class AttentionClass:
     grouped: bool = False  # GQA/MQA: K, V heads repeated to the query heads
     fused: bool = False  # one qkv matrix
     qk_bias: bool = False  # a learned bias on Q and K before RoPE
+    qk_norm: bool = False  # q and k RMS-normalised (no weight) after RoPE
+    values: bool = False  # some layer using it adds a gated value embedding to V
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class LayerClass:
     size_arg: str
     rope: bool
     sandwich: bool  # norm(x + f(norm(x))): four norms
+    values: bool = False  # some layer built from it has a value embedding
 
 
 @cache
@@ -73,9 +76,10 @@ def render(resolved: Resolved, source: str | None = None) -> str:
 def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
     m = arch.model
     attention_classes: dict[str, AttentionClass] = {}
+    valued = _valued_attention_classes(arch)
     for a in arch.attentions:
         cls = _attention_class(a, arch)
-        attention_classes.setdefault(cls.name, cls)
+        attention_classes.setdefault(cls.name, replace(cls, values=cls.name in valued))
     layers = _layer_classes(arch)
     core = _core_context(arch) if arch.core else None
     entries = config_entries(arch)
@@ -103,6 +107,7 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "core": core,
         "loop_templates": [p.template for p in loop_parts]
         + ([arch.core.init_state.template] if arch.core and arch.core.init_state.template else []),
+        "values_template": next((v.template for _, v, _ in arch.value_stages()), ""),
         "tied": m.tie_embeddings,
         "needs_math": any("math." in e.rule for e in entries) or bool(loop_parts),
         "init_lines": _init_lines(arch, graph, layers),
@@ -118,8 +123,9 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
 # Names every generated module may define at top level (besides the spec-dependent attention and
 # layer classes): the model class must shadow none of them.
 BUILDING_BLOCKS = frozenset(
-    {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "FusedSwiGLU", "MLP", "AnchorKV", "LTIGate", "StateMix"}
-    | {"LoopEmbedding", "CoreBlock", "CoreLayer", "SandwichLayer", "ConcatInject", "InitialState"}
+    {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "FusedSwiGLU", "MLP", "ReLU2MLP", "AnchorKV", "LTIGate"}
+    | {"StateMix", "LoopEmbedding", "CoreBlock", "CoreLayer", "SandwichLayer", "ConcatInject", "InitialState"}
+    | {"ValueEmbeddings", "DiagonalInject"}
 )
 
 
@@ -131,10 +137,22 @@ def _model_class_name(name: str, attention_classes: dict, layers: dict) -> str:
     return f"{cls}Model" if cls in taken else cls
 
 
+def _valued_attention_classes(arch: Architecture) -> set[str]:
+    """The attention classes some stage with value embeddings builds its layers from."""
+    m = arch.model
+    stages = [(s.attention, s.values) for s in arch.stages]
+    if arch.core is not None:
+        stages.append((arch.core.attention, arch.core.value_embedding))
+    return {a.class_name(m) for a, values in stages if values is not None}
+
+
 def _attention_class(a: Attention, arch: Architecture) -> AttentionClass:
     m = arch.model
     fused, qk_bias = getattr(a, "fused_qkv", False), getattr(a, "qk_bias", False)  # mha's options
-    return AttentionClass(a.class_name(m), a.template, a.rope, a.causal, a.grouped(m), fused, qk_bias)
+    qk_norm = getattr(a, "qk_norm", False)
+    return AttentionClass(
+        a.class_name(m), a.template, a.rope, a.causal, a.grouped(m), fused, qk_bias, qk_norm
+    )
 
 
 def _layer_classes(arch: Architecture) -> dict[str, tuple[LayerClass, str]]:
@@ -154,7 +172,8 @@ def _layer_classes(arch: Architecture) -> dict[str, tuple[LayerClass, str]]:
         kind = "Sandwich" if sandwich else ""
         name = f"{kind}Layer" if len(by_structure) == 1 else f"{attn_cls}{kind}Layer"
         doc = f"A transformer layer ({', '.join(s.name for s in stages)})"
-        cls = LayerClass(name, doc, attn_cls, a.size_arg, a.rope, sandwich)
+        values = any(s.values is not None for s in stages)
+        cls = LayerClass(name, doc, attn_cls, a.size_arg, a.rope, sandwich, values)
         for stage in stages:
             out[stage.name] = (cls, f"config.{stage.name}_{a.size_arg}")
     return out
@@ -166,6 +185,8 @@ def _core_context(arch: Architecture) -> dict:
     cls = _attention_class(a, arch)
     contractive = core.gate is not None and core.gate.takes_update
     what = "cross-attends to the anchor's K, V" if a.reads_anchor else "attends to itself"
+    values = core.value_embedding is not None
+    layer_args = f"config{', rotary' if cls.rope else ''}{', gates[i]' if values else ''}"
     return {
         "cross": a.reads_anchor,
         "rope": cls.rope,
@@ -173,8 +194,9 @@ def _core_context(arch: Architecture) -> dict:
         "size_field": "" if a.reads_anchor else f"config.core_{a.size_arg}",
         "layers": core.layers,
         "layers_lines": module_list(
-            8, "layers", f"CoreLayer(config{', rotary' if cls.rope else ''})", "config.core_layers"
+            8, "layers", f"CoreLayer({layer_args})", "config.core_layers", "i" if values else "_"
         ),
+        "value_gates": values,  # (not "values": a dict method to jinja)
         "layer_cls": "CoreBlock" if core.layers == 1 else "CoreLayer",
         "layer_doc": f"The core {'block' if core.layers == 1 else 'layer'}: {what}",
         "contractive": contractive,
@@ -206,6 +228,7 @@ def _summary(arch: Architecture) -> str:
 
 def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str]:
     """Module construction in stage order; sharing groups become one object used in several places."""
+    m = arch.model
     owner_of = {member: g.owner for g in graph.groups.values() for member in g.members}
     shared_owners = {
         g.owner: g for g in graph.groups.values() if len(g.members) > 1 and g.kind in ("layer", "core")
@@ -213,28 +236,47 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
     lines: list[str] = []
     made: set[str] = set()
 
-    def build(block: str, count: str, ctor: str, n: int) -> None:
+    def build(block: str, count: str, ctor: str, n: int, gated: bool = False) -> None:
+        """``gated``: layer i takes its value-embedding gate width from the stage's tables."""
         modules = [f"{block}.{i}" for i in range(n)]
         if not any(owner_of[mod] != mod or mod in shared_owners for mod in modules):
-            lines.extend(module_list(8, block, ctor, count))
+            element = f"{ctor[:-1]}, self.{block}_values.gates[i])" if gated else ctor
+            lines.extend(module_list(8, block, element, count, "i" if gated else "_"))
             return
         items = []
-        for mod in modules:
+        for i, mod in enumerate(modules):
             owner = owner_of[mod]
             var = owner.replace(".", "_")
             if owner not in made:
                 group = graph.group_of(owner)
                 if len(group.members) > 1:
                     lines.append(f"# sharing group '{group.name}': {', '.join(group.members)}")
-                lines.append(f"{var} = {ctor}")
+                lines.append(
+                    f"{var} = {ctor[:-1]}, self.{block}_values.gates[{i}])" if gated else f"{var} = {ctor}"
+                )
                 made.add(owner)
             items.append(var)
         lines.extend(wrap(8, f"self.{block} = nn.ModuleList([", items, "])"))
 
+    def build_values(stage: str, n_layers: str) -> None:
+        args = [
+            "config",
+            f"config.{stage}_value_layers",
+            n_layers,
+            f"config.{stage}_kv_heads * config.head_dim",
+            f"config.{stage}_value_gate_channels",
+        ]
+        lines.extend(wrap(8, f"self.{stage}_values = ValueEmbeddings(", args, ")"))
+
     def build_stage(stage: Stage) -> None:
         cls, size = layers[stage.name]
         rotary = ", self.rotary" if cls.rope else ""
-        build(stage.name, f"config.{stage.name}_layers", f"{cls.name}(config, {size}{rotary})", stage.layers)
+        ctor = f"{cls.name}(config, {size}{rotary})"
+        if stage.values is not None:
+            build_values(stage.name, f"config.{stage.name}_layers")
+        build(stage.name, f"config.{stage.name}_layers", ctor, stage.layers, stage.values is not None)
+        if stage.output_norm:
+            lines.append(f"self.{stage.name}_norm = {m.norm.constructor}  # on the {stage.name}'s output")
 
     for stage in arch.stages:
         if stage.name != "coda":
@@ -250,7 +292,11 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
     if core:
         if core.init_state.attribute:
             lines.append(f"self.{core.init_state.attribute} = {core.init_state.constructor()}")
-        ctor = f"CoreBlock(config{', self.rotary' if core.attention.rope else ''})"
+        gate = ""
+        if core.value_embedding is not None:
+            build_values("core", "1" if core.layers == 1 else "config.core_layers")
+            gate = ", self.core_values.gates" + ("[0]" if core.layers == 1 else "")
+        ctor = f"CoreBlock(config{', self.rotary' if core.attention.rope else ''}{gate})"
         if core.shared:
             lines.append(f"self.core = {ctor}  # one block, run by every loop")
         else:
@@ -260,6 +306,8 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
             lines.append(f"self.{part.attribute} = {part.constructor()}")
         if core.out_norm:
             lines.append(f"self.core_out_norm = {arch.model.norm.constructor}  # on the loop's last state")
+        if core.readout is not None:
+            lines.append(f"self.readout = {core.readout.constructor()}  # after the last loop")
     coda = arch.stage("coda")
     if coda:
         build_stage(coda)

@@ -91,6 +91,11 @@ class MHA(Attention):
         False,
         description="A learned bias on Q and K before RoPE: one (2, 1, heads, head_dim) parameter, zero at init (Huginn's); needs kv_heads = heads.",
     )
+    qk_norm: bool = Field(
+        False,
+        description="A parameter-free RMS norm of q and k over the head dim after RoPE "
+        "(eps: float32's machine epsilon), as Parcae.",
+    )
 
     def resolved(self, m: ModelConfig) -> MHA:
         return self.model_copy(update={"kv_heads": self.size(m)})
@@ -119,7 +124,8 @@ class MHA(Attention):
     def class_name(self, m: ModelConfig) -> str:
         base = "GroupedQueryAttention" if self.grouped(m) else "SelfAttention"
         fused = "Fused" if self.fused_qkv else ""
-        return fused + base + ("QKBias" if self.qk_bias else "") + _suffix(self.rope, self.causal)
+        name = fused + base + ("QKBias" if self.qk_bias else "") + _suffix(self.rope, self.causal)
+        return name + ("QKNorm" if self.qk_norm else "")
 
     def config_entries(self, block: str, m: ModelConfig) -> list[ConfigEntry]:
         heads = self.size(m)
