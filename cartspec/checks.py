@@ -294,12 +294,14 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"{le.max_loops} rows cannot index {core.loops} loops",
             )
         )
-    if core.init_state.kind != "prelude" and core.inject is None and not core.attention.reads_anchor:
+    # an anchor recomputed from each loop's input sees only the loop's state, never the tokens
+    frozen_anchor = core.attention.reads_anchor and anchor is not None and anchor.recompute == "never"
+    if core.init_state.kind != "prelude" and core.inject is None and not frozen_anchor:
         problems.append(
             (
                 ("blocks", "core", "init_state", "kind"),
                 f"a loop starting from {core.init_state.kind} never reads the input tokens: "
-                "add blocks.core.inject or cross-attend to an anchor",
+                "add blocks.core.inject or cross-attend to an anchor computed once",
             )
         )
 

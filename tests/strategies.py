@@ -290,7 +290,8 @@ def valid_spec(c: Chooser) -> dict:
                 core["init_state"] = {"kind": start}
             # a zero start queries the anchor with zeros: one loop would attend uniformly (K gets no
             # gradient) and an anchor recomputed from the loop input would never see the tokens
-            cross = core["attention"]["kind"] == "cross" and start != "zeros"
+            frozen = blocks.get("anchor", {}).get("recompute", "never") == "never"
+            cross = core["attention"]["kind"] == "cross" and frozen and start != "zeros"
             reads_input = cross or start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
                 core["inject"] = {"kind": c.choice(["add", "concat", "diagonal"])}
