@@ -114,10 +114,12 @@ class Architecture:
         for stage in self.stages:
             for i in range(stage.layers):
                 structure = _structure(stage.attention)
-                out[f"{stage.name}.{i}"] = ("layer", structure, stage.placement, stage.gated(i))
+                gate = stage.values.gate_channels if stage.gated(i) else None  # its size: channels read
+                out[f"{stage.name}.{i}"] = ("layer", structure, stage.placement, gate)
         c = self.core
         if c is not None:
-            gates = tuple(c.value_embedding.layers) if c.value_embedding else ()
+            v = c.value_embedding
+            gates = (tuple(v.layers), v.gate_channels) if v else ()
             signature = ("core", c.layers, _structure(c.attention), c.norm_placement, gates)
             for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
                 out[module] = signature

@@ -185,6 +185,12 @@ def gated(blocks: dict, block: str, i: int) -> bool:
     return i in (blocks.get(block, {}).get("value_embedding") or {}).get("layers", [])
 
 
+def gate_width(blocks: dict, block: str, i: int) -> int | None:
+    """The channels layer i's value-embedding gate reads, or None without a gate."""
+    values = blocks.get(block, {}).get("value_embedding") or {}
+    return values.get("gate_channels", 32) if gated(blocks, block, i) else None
+
+
 def valid_spec(c: Chooser) -> dict:
     """A valid spec as plain data (no None values: an absent key is how a default is asked for)."""
     head_dim = c.choice([8, 4, 16, 32])
@@ -353,13 +359,14 @@ def _share_groups(c: Chooser, blocks: dict) -> list[dict]:
 
 
 def _same_gates(blocks: dict, members: list[str]) -> bool:
-    """Layer members are identical only if all or none of them have a value-embedding gate."""
+    """Layer members are identical only if none of them has a value-embedding gate, or all have
+    gates of one width."""
     flags = set()
     for member in members:
         block, _, index = member.partition(".")  # the final and out norms have no index
         if block in ("stack", "prelude", "coda"):
             n = blocks[block]["layers"]
-            flags |= {gated(blocks, block, i) for i in (range(n) if index == "*" else [int(index)])}
+            flags |= {gate_width(blocks, block, i) for i in (range(n) if index == "*" else [int(index)])}
     return len(flags) <= 1
 
 
