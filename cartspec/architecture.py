@@ -13,7 +13,9 @@ from typing import Any
 
 from cartspec.components.anchor import Anchor
 from cartspec.components.attention import Attention
+from cartspec.components.ffn import FFN
 from cartspec.components.loop import LoopPart
+from cartspec.components.moe import MoE
 from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
 
 LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the order they may run
@@ -59,21 +61,32 @@ class Architecture:
     @property
     def attentions(self) -> list[Attention]:
         """Every attention in stage order (core last)."""
-        return [s.attention for s in self.stages] + ([self.core.attention] if self.core else [])
+        return [a for _, a in self.named_attentions]
 
-    def layer_parts(self, attention: Attention) -> dict[str, int]:
-        """Parameters of one pre-norm layer: attention, FFN and its two norms."""
+    @property
+    def named_attentions(self) -> list[tuple[str, Attention]]:
+        """(block, attention) in stage order (core last)."""
+        return [(s.name, s.attention) for s in self.stages] + (
+            [("core", self.core.attention)] if self.core else []
+        )
+
+    def layer_parts(self, attention: Attention, ffn: FFN | MoE | None = None) -> dict[str, int]:
+        """Parameters of one pre-norm layer: attention, FFN (the model's unless given) and its two norms."""
         m = self.model
         return {
             "attn": attention.params(m),
-            "ffn": m.ffn.params(m.d_model),
+            "ffn": (ffn or m.ffn).params(m.d_model),
             "norms": 2 * m.norm.params(m.d_model),
         }
 
-    def layer_flops(self, attention: Attention) -> int:
-        """Forward FLOPs per sequence of one layer."""
+    def layer_flops(self, attention: Attention, ffn: FFN | MoE | None = None) -> int:
+        """Forward FLOPs per sequence of one layer (a mixture of experts: its top-k experts only)."""
         m, T = self.model, self.model.max_seq_len
-        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T)
+        return attention.flops(m, T) + (ffn or m.ffn).flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T)
+
+    def layer_inactive(self, ffn: FFN | MoE | None) -> int:
+        """Parameters of one layer that a token does not touch: the routed experts it did not choose."""
+        return ffn.params(self.model.d_model) - ffn.active(self.model.d_model) if isinstance(ffn, MoE) else 0
 
     def shareable(self) -> dict[str, tuple]:
         """Every module a ``share:`` group may name, with its structure: members of one group

@@ -155,19 +155,7 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"{spec.train.schedule.min_lr} is above the peak lr {spec.train.optimizer.lr}",
             )
         )
-    roped = [
-        (block, node.attention.rope_base)
-        for block in ("stack", "prelude", "core", "coda")
-        if (node := getattr(spec.blocks, block)) is not None and node.attention.rope
-    ]
-    if len({base for _, base in roped}) > 1:
-        block, base = roped[-1]
-        problems.append(
-            (
-                ("blocks", block, "attention", "rope_base"),
-                f"{base} differs from {roped[0][1]}; RoPE blocks share one table",
-            )
-        )
+    problems += _rope_disagreements(spec)
     for block in ("stack", "prelude", "core", "coda"):  # each kind's own rules
         node = getattr(spec.blocks, block)
         if node is not None:
@@ -175,6 +163,8 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             problems += [((*at, *sub), message) for sub, message in node.attention.problems(m)]
     if spec.blocks.anchor is not None:
         problems += [(("blocks", "anchor", *sub), msg) for sub, msg in spec.blocks.anchor.problems(m)]
+    if spec.blocks.core is not None and spec.blocks.core.ffn is not None:
+        problems += [(("blocks", "core", "ffn", *sub), msg) for sub, msg in spec.blocks.core.ffn.problems()]
     if problems:
         return
     stored = _rough_stored(spec)
@@ -186,6 +176,27 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             )
         )
     problems += _activation_problems(spec)
+
+
+def _rope_disagreements(spec: Spec) -> list[tuple[Path_, str]]:
+    """Every roped attention reads one RoPE table: one base, one rotated width."""
+    m = spec.model
+    roped = [
+        (block, node.attention)
+        for block in ("stack", "prelude", "core", "coda")
+        if (node := getattr(spec.blocks, block)) is not None and node.attention.rope
+    ]
+    found: list[tuple[Path_, str]] = []
+    for key, value, message in (
+        ("rope_base", lambda a: a.rope_base, "{v} differs from {v0}"),
+        ("kind", lambda a: a.rope_width(m), "RoPE rotates {v} channels here but {v0} in {first}"),
+    ):
+        values = [(block, value(a)) for block, a in roped]
+        if len({v for _, v in values}) > 1:
+            (first, v0), (block, v) = values[0], values[-1]
+            why = message.format(v=v, v0=v0, first=first)
+            found.append((("blocks", block, "attention", key), f"{why}; RoPE blocks share one table"))
+    return found
 
 
 def _activation_problems(spec: Spec) -> list[tuple[Path_, str]]:
@@ -218,7 +229,8 @@ def _rough_stored(spec: Spec) -> int:
             total += stack.layers * (layer + stack.attention.params(m))
     if b.core is not None:
         copies = 1 if b.core.shared else b.core.loops
-        total += copies * b.core.layers * (layer + b.core.attention.params(m))
+        core_layer = layer + (b.core.ffn.params(m.d_model) - m.ffn.params(m.d_model) if b.core.ffn else 0)
+        total += copies * b.core.layers * (core_layer + b.core.attention.params(m))
     return total
 
 

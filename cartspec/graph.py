@@ -32,6 +32,7 @@ class Group:
     flops: int  # forward FLOPs per sequence of one call (0 for the embedding and head)
     loop_control: bool = False  # gate, state mix, loop embedding: the paper counts them once
     members: list[str] = field(default_factory=list)
+    inactive: int = 0  # parameters a token does not touch: routed experts it did not choose
 
     @property
     def params(self) -> int:
@@ -98,10 +99,10 @@ def build_graph(arch: Architecture) -> ModelGraph:
     edges: list[tuple[str, str]] = []
 
     def add_group(
-        name: str, kind: str, parts: dict[str, int], flops: int, loop_control: bool = False
+        name: str, kind: str, parts: dict[str, int], flops: int, loop_control: bool = False, inactive: int = 0
     ) -> None:
         block = name.split(".")[0]
-        groups[name] = Group(name, name, block, kind, parts, flops, loop_control, [name])
+        groups[name] = Group(name, name, block, kind, parts, flops, loop_control, [name], inactive)
 
     def use(u: Use, after: str | None) -> str:
         uses.append(u)
@@ -148,10 +149,10 @@ def build_graph(arch: Architecture) -> ModelGraph:
 
 def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
     m, core, anchor = arch.model, arch.core, arch.anchor
-    parts = {k: v * core.layers for k, v in arch.layer_parts(core.attention).items()}
-    flops = core.layers * arch.layer_flops(core.attention)
+    parts = {k: v * core.layers for k, v in arch.layer_parts(core.attention, core.ffn).items()}
+    flops = core.layers * arch.layer_flops(core.attention, core.ffn)
     for module in ["core"] if core.shared else [f"core.{r}" for r in range(core.loops)]:
-        add_group(module, "core", dict(parts), flops)
+        add_group(module, "core", dict(parts), flops, inactive=core.layers * arch.layer_inactive(core.ffn))
     modules = [p for p in arch.loop_parts() if p.attribute]  # with weights: gate, state mix, loop embedding
     for part in modules:
         parts = {part.weights: part.params(m.d_model)}
@@ -193,6 +194,7 @@ def _apply_share_groups(graph: ModelGraph) -> None:
             first.flops,
             first.loop_control,
             members,
+            first.inactive,
         )
         for module in members:
             del graph.groups[module]

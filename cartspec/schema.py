@@ -16,6 +16,7 @@ from cartspec.components import kinds, union
 from cartspec.components.anchor import Anchor
 from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
+from cartspec.components.moe import MoE
 from cartspec.components.norm import Norm
 
 __all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
@@ -81,6 +82,10 @@ class Core(Strict):
     )
     layers: int = Field(1, ge=1, le=64, description="Layers inside one loop of the core.")
     attention: AnyAttention = Field(..., description="cross (to an anchor) or self-attention (mha, mla).")
+    ffn: MoE | None = Field(
+        None,
+        description="The core's FFN: null, the model's FFN; moe, a mixture of experts (routed top-k plus shared).",
+    )
     gate: Gate | None = Field(
         None, description="How the block output meets the loop input; null: h = block(h_in)."
     )

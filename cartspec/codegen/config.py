@@ -30,6 +30,12 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
     ]
     if arch.rope_base is not None:
         entries.append(ConfigEntry(name="rope_base", type="float", value=repr(arch.rope_base)))
+        block, roped = next((name, a) for name, a in arch.named_attentions if a.rope)
+        width = roped.rope_width_rule(block)
+        if width != "self.head_dim":
+            entries.append(
+                ConfigEntry(name="rope_dim", type="int", rule=width, comment="the width RoPE rotates")
+            )
     for name in ("stack", "prelude"):
         stack = getattr(b, name)
         if stack is not None:
@@ -43,6 +49,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if c.layers > 1:
             entries.append(ConfigEntry(name="core_layers", type="int", value=str(c.layers)))
         entries += c.attention.config_entries("core", m)
+        entries += c.ffn.config_entries() if c.ffn is not None else []
         for part in (c.gate, c.state_mix, c.loop_embedding):
             entries += part.config_entries() if part is not None else []
         entries.append(ConfigEntry(name="checkpoint_loops", type="bool", value=str(c.checkpoint)))

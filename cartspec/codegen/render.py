@@ -88,9 +88,11 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "config_checks": config_checks(arch, entries),
         "norm_template": m.norm.template,
         "norm_ctor": m.norm.constructor,
+        "norm_for": m.norm.constructor_for,
         "ffn_template": m.ffn.template,
         "ffn_cls": m.ffn.class_name,
         "rope": arch.rope_base is not None,
+        "rope_width": "rope_dim" if any(e.name == "rope_dim" for e in entries) else "head_dim",
         "attention_classes": list(attention_classes.values()),
         "layer_classes": list({lc.name: lc for lc, _ in layers.values()}.values()),
         "anchor": arch.anchor,
@@ -162,6 +164,8 @@ def _core_context(arch: Architecture) -> dict:
         "attn_cls": cls.name,
         "size_field": "" if a.reads_anchor else f"config.core_{a.size_arg}",
         "layers": core.layers,
+        "ffn_cls": core.ffn.class_name if core.ffn is not None else arch.model.ffn.class_name,
+        "ffn_template": core.ffn.template if core.ffn is not None else None,
         "layers_lines": module_list(
             8, "layers", f"CoreLayer(config{', rotary' if cls.rope else ''})", "config.core_layers"
         ),

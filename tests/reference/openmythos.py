@@ -333,3 +333,56 @@ class MythosReference(nn.Module):
         for layer in self.coda:
             x = layer(x)
         return self.norm(x) @ self.embed.weight.t()  # tied head
+
+
+# ----------------------------------------------------------------------------- loading generated weights
+
+# whole generated module paths -> OpenMythos's (longest first; the rest of a name is kept)
+_MODULES = (
+    ("embedding.", "embed."),
+    ("core.", "recurrent.block."),
+    ("inject.", "recurrent.norm."),
+    ("gate.", "recurrent.injection."),
+    ("lora.", "recurrent.lora."),
+    ("halt.proj.", "recurrent.act.halt."),
+)
+# one component of a generated name -> OpenMythos's
+_PARTS = {
+    "o_proj": "wo",
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "experts": "routed_experts",
+    "shared": "shared_experts",
+}
+# buffers the generated model may keep; the reference computes its own (router_bias it holds too)
+_BUFFER_SUFFIXES = ("rotary.cos", "rotary.sin", "loop_embedding.freq")
+
+
+def reference_name(generated: str) -> str:
+    """A generated model's parameter (or router_bias) name -> the same tensor's name in MythosReference."""
+    for prefix, theirs in _MODULES:
+        if generated.startswith(prefix):
+            generated = theirs + generated[len(prefix) :]
+            break
+    return ".".join(_PARTS.get(part, part) for part in generated.split("."))
+
+
+def load_generated(model: MythosReference, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a generated OpenMythos-shaped model's state_dict: every generated tensor lands on exactly one
+    reference tensor, and every reference tensor is filled."""
+    tensors = {reference_name(k): v for k, v in state_dict.items() if not k.endswith(_BUFFER_SUFFIXES)}
+    expected = model.state_dict().keys()
+    unknown, absent = sorted(tensors.keys() - expected), sorted(expected - tensors.keys())
+    if (
+        unknown
+        or absent
+        or len(tensors) != len(state_dict) - sum(k.endswith(_BUFFER_SUFFIXES) for k in state_dict)
+    ):
+        raise KeyError(
+            f"generated names not in the reference: {unknown}; reference names not generated: {absent}"
+        )
+    model.load_state_dict(tensors, strict=True)
