@@ -89,6 +89,7 @@ class ParamReport:
     groups: list[GroupRow]
     flops: Flops
     depth: DepthCost | None  # None: a fixed depth with full backprop (or no loop)
+    unrolled: dict[str, int] | None  # the peers' unrolled counts at R, by convention; None: no loop
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -139,7 +140,34 @@ def account(graph: ModelGraph) -> ParamReport:
             attention_uses=attention_uses,
         ),
         depth=_depth_cost(graph, forward, effective),
+        unrolled=_unrolled(graph, stored) if graph.arch.looped else None,
     )
+
+
+UNROLLED = {
+    "core_only": "stored + (R - 1) x core: Huginn's and Parcae's count (their adapters static)",
+    "recurrent_block": "stored + (R - 1) x everything a loop runs: OpenMythos's count",
+}
+
+
+def _unrolled(graph: ModelGraph, stored: int) -> dict[str, int]:
+    """The looped peers' own unrolled counts: stored parameters, plus the groups a loop runs once
+    per extra loop (the core's alone, or the whole recurrent block's). Unlike ``effective``, a
+    module used twice outside the loop counts once, as the peers count it."""
+    loop_calls: dict[str, int] = {}
+    for u in graph.uses:
+        if u.call and u.loop is not None:
+            loop_calls[u.group] = loop_calls.get(u.group, 0) + 1
+
+    def unrolled(only_core: bool) -> int:
+        extra = (
+            g.params * (loop_calls[g.name] - 1)
+            for g in graph.groups.values()
+            if g.name in loop_calls and (g.kind == "core" or not only_core)
+        )
+        return stored + sum(extra)
+
+    return {"core_only": unrolled(True), "recurrent_block": unrolled(False)}
 
 
 def _depth_cost(graph: ModelGraph, forward: int, effective: int) -> DepthCost | None:

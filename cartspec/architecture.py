@@ -39,6 +39,7 @@ class Architecture:
     n_heads: int
     ffn_hidden: int
     rope_base: float | None  # None: no block uses RoPE
+    rope_style: str  # half or interleaved (one table serves every RoPE block)
     stages: tuple[Stage, ...]  # stack, or prelude then coda (the core runs between them)
     anchor: Anchor | None
     core: Core | None  # its attention resolved
@@ -103,9 +104,10 @@ class Architecture:
         return out
 
     def loop_parts(self) -> list[LoopPart]:
-        """The core's gate, state mix and loop embedding that the spec has, in that order."""
+        """The core's gate, state mix, loop embedding and inject that the spec has, in that order
+        (the loop reads its input through the last three, in their order)."""
         c = self.core
-        return [p for p in (c.gate, c.state_mix, c.loop_embedding) if p is not None] if c else []
+        return [p for p in (c.gate, c.state_mix, c.loop_embedding, c.inject) if p is not None] if c else []
 
     def module_names(self) -> set[str]:
         """Every module with parameters of its own before sharing: the graph's sharing groups."""
@@ -135,6 +137,7 @@ def resolve_architecture(spec: Spec) -> Architecture:
         n_heads=m.n_heads,
         ffn_hidden=m.ffn.hidden_for(m.d_model),
         rope_base=float(roped[0].rope_base) if roped else None,
+        rope_style=roped[0].rope_style if roped else "half",
         stages=stages,
         anchor=b.anchor.resolved(m) if b.anchor else None,
         core=core,

@@ -179,7 +179,7 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
 
 
 def _rope_disagreements(spec: Spec) -> list[tuple[Path_, str]]:
-    """Every roped attention reads one RoPE table: one base, one rotated width."""
+    """One rotary table serves every roped block: one base, one style, one rotated width."""
     m = spec.model
     roped = [
         (block, node.attention)
@@ -189,11 +189,13 @@ def _rope_disagreements(spec: Spec) -> list[tuple[Path_, str]]:
     found: list[tuple[Path_, str]] = []
     for key, value, message in (
         ("rope_base", lambda a: a.rope_base, "{v} differs from {v0}"),
+        ("rope_style", lambda a: a.rope_style, "{v} differs from {v0}"),
         ("kind", lambda a: a.rope_width(m), "RoPE rotates {v} channels here but {v0} in {first}"),
     ):
         values = [(block, value(a)) for block, a in roped]
-        if len({v for _, v in values}) > 1:
-            (first, v0), (block, v) = values[0], values[-1]
+        differ = [(block, v) for block, v in values if v != values[0][1]]
+        if differ:
+            (first, v0), (block, v) = values[0], differ[0]
             why = message.format(v=v, v0=v0, first=first)
             found.append((("blocks", block, "attention", key), f"{why}; RoPE blocks share one table"))
     return found
@@ -284,6 +286,14 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             (
                 ("blocks", "core", "loop_embedding", "max_loops"),
                 f"{le.max_loops} rows cannot index {core.loops} loops",
+            )
+        )
+    if core.init_state.kind != "prelude" and core.inject is None and not core.attention.reads_anchor:
+        problems.append(
+            (
+                ("blocks", "core", "init_state", "kind"),
+                f"a loop starting from {core.init_state.kind} never reads the input tokens: "
+                "add blocks.core.inject or cross-attend to an anchor",
             )
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from cartspec.accounting import ParamReport
+from cartspec.accounting import UNROLLED, ParamReport
 from cartspec.graph import ModelGraph
 
 
@@ -85,6 +85,8 @@ def print_params(report: ParamReport) -> None:
         summary.add_row(
             "effective at max depth", f"{d.effective_max:,}", "[dim]unrolled: could unfold to[/dim]"
         )
+    for convention, count in (report.unrolled or {}).items():
+        summary.add_row(f"unrolled ({convention})", f"{count:,}", f"[dim]{UNROLLED[convention]}[/dim]")
     console.print(summary)
 
 

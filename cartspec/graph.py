@@ -156,7 +156,9 @@ def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
     modules = [p for p in arch.loop_parts() if p.attribute]  # with weights: gate, state mix, loop embedding
     for part in modules:
         parts = {part.weights: part.params(m.d_model)}
-        add_group(part.attribute, part.attribute, parts, part.flops(m.d_model, m.max_seq_len), True)
+        add_group(
+            part.attribute, part.attribute, parts, part.flops(m.d_model, m.max_seq_len), part.loop_control
+        )
     before = [p.attribute for p in modules if not p.on_output]
     after = [p.attribute for p in modules if p.on_output]
 

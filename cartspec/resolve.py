@@ -83,14 +83,19 @@ def spec_dict(spec: Spec) -> dict[str, Any]:
 
 
 def architecture_sha256(spec: Spec) -> str:
-    """Hash of what the generated code depends on: the model, blocks and share sections."""
-    data = spec.model_dump(mode="json", by_alias=True, include={"model", "blocks", "share"})
+    """Hash of what the generated code depends on: the model, blocks and share sections. Values
+    equal to their defaults are left out, so a field the language gains (its default keeping the
+    old behaviour) leaves every existing hash as it was."""
+    data = spec.model_dump(
+        mode="json", by_alias=True, include={"model", "blocks", "share"}, exclude_defaults=True
+    )
     return _sha256(data)
 
 
 def spec_sha256(spec: Spec) -> str:
-    """Hash of the whole resolved spec, recipe included: a sweep's fingerprint of a config."""
-    return _sha256(spec_dict(spec))
+    """Hash of the whole resolved spec, recipe included: a sweep's fingerprint of a config
+    (defaults left out, as in :func:`architecture_sha256`)."""
+    return _sha256(spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
 
 
 def _sha256(data: Any) -> str:

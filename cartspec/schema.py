@@ -18,6 +18,7 @@ from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
 from cartspec.components.moe import MoE
 from cartspec.components.norm import Norm
+from cartspec.components.state import FromPrelude
 
 __all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
 
@@ -27,6 +28,8 @@ SelfAttention = union(tuple(k for k in kinds("attention") if not k.reads_anchor)
 Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
+Inject = union(kinds("inject"))
+InitState = union(kinds("init_state"))
 
 
 # ----------------------------------------------------------------------------- model-wide
@@ -94,6 +97,13 @@ class Core(Strict):
     )
     loop_embedding: LoopSignal | None = Field(
         None, description="Loop-index signal added to h_in; null: none."
+    )
+    inject: Inject | None = Field(
+        None, description="How each loop's input re-reads the prelude output e; null: it does not (CART)."
+    )
+    init_state: InitState = Field(
+        default_factory=lambda: FromPrelude(kind="prelude"),
+        description="Where the loop's state starts: prelude (e), zeros, or trunc_normal noise.",
     )
     checkpoint: bool = Field(
         False, description="Per-loop activation checkpointing (recompute each loop in backward)."

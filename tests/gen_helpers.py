@@ -107,6 +107,26 @@ VARIANTS = {
     ),
     "prelude_and_coda_without_core": (CART_TINY, ("blocks.anchor=null", "blocks.core=null")),
     "named_like_a_building_block": (CART_TINY, ("name=rotary",)),
+    "interleaved_rope": (
+        CART_TINY,
+        ("blocks.prelude.attention.rope_style=interleaved", "blocks.coda.attention.rope_style=interleaved"),
+    ),
+    "noisy_start_add_inject": (
+        CART_TINY,
+        (
+            "blocks.core.init_state={kind: trunc_normal, scale: sqrt_d, seed: 3}",
+            "blocks.core.inject={kind: add}",
+        ),
+    ),
+    "zero_start_self_attn_core": (
+        CART_TINY,
+        (
+            "blocks.anchor=null",
+            "blocks.core.attention={kind: mha, rope: true}",
+            "blocks.core.init_state={kind: zeros}",
+            "blocks.core.inject={kind: add}",
+        ),
+    ),
     "dense": (DENSE_TINY, ()),
     "dense_gqa": (DENSE_TINY, ("blocks.stack.attention.kv_heads=2",)),
     "dense_mqa_no_rope": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false}",)),

@@ -61,16 +61,19 @@ def unheads(y: torch.Tensor) -> torch.Tensor:
     return torch.cat([y[:, j] for j in range(y.shape[1])], dim=-1)
 
 
-def rope(x: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate-half RoPE over the full head dim: channel i pairs with i + D/2, and the pair at
-    position t turns by the angle t * base^(-2i/D)."""
+def rotate(x: torch.Tensor, base: float, style: str = "half") -> torch.Tensor:
+    """RoPE over the full head dim: pair i at position t turns by the angle t * base^(-2i/D).
+    Rotate-half pairs channel i with i + D/2; interleaved pairs channels 2i and 2i + 1."""
     T, D = x.shape[-2], x.shape[-1]
     half = D // 2
     i = torch.arange(half, dtype=torch.float64)
     angle = torch.arange(T, dtype=torch.float64)[:, None] * base ** (-2.0 * i / D)[None, :]
     cos, sin = angle.cos().float(), angle.sin().float()
-    a, b = x[..., :half], x[..., half:]
-    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+    a, b = (x[..., 0::2], x[..., 1::2]) if style == "interleaved" else (x[..., :half], x[..., half:])
+    turned_a, turned_b = a * cos - b * sin, b * cos + a * sin
+    if style == "interleaved":
+        return torch.stack([turned_a, turned_b], dim=-1).flatten(-2)
+    return torch.cat([turned_a, turned_b], dim=-1)
 
 
 def kv_head_of(n_heads: int, kv_heads: int) -> list[int]:
@@ -94,26 +97,30 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return torch.einsum("bhts,bhsd->bhtd", weights, v)
 
 
-def mha(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, causal: bool) -> torch.Tensor:
+def mha(
+    x: torch.Tensor, w: Weights, n_heads: int, rope: tuple[float, str] | None, causal: bool
+) -> torch.Tensor:
     """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K."""
     head_dim = x.shape[-1] // n_heads
     kv = w["k_proj.weight"].shape[0] // head_dim
     q = heads(linear(x, w["q_proj.weight"]), n_heads)
     k = heads(linear(x, w["k_proj.weight"]), kv)
     v = heads(linear(x, w["v_proj.weight"]), kv)
-    if rope_base is not None:
-        q, k = rope(q, rope_base), rope(k, rope_base)
+    if rope is not None:  # (base, style)
+        q, k = rotate(q, *rope), rotate(k, *rope)
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
 
 
-def mla(x: torch.Tensor, w: Weights, n_heads: int, rope_base: float | None, causal: bool) -> torch.Tensor:
+def mla(
+    x: torch.Tensor, w: Weights, n_heads: int, rope: tuple[float, str] | None, causal: bool
+) -> torch.Tensor:
     """Full-rank Q; K and V both up-projected from one latent kv_down(x); RoPE on Q and K."""
     latent = linear(x, w["kv_down.weight"])
     q = heads(linear(x, w["q_proj.weight"]), n_heads)
     k = heads(linear(latent, w["k_up.weight"]), n_heads)
     v = heads(linear(latent, w["v_up.weight"]), n_heads)
-    if rope_base is not None:
-        q, k = rope(q, rope_base), rope(k, rope_base)
+    if rope is not None:  # (base, style)
+        q, k = rotate(q, *rope), rotate(k, *rope)
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
 
 
@@ -166,7 +173,24 @@ def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- a whole model
 
-ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "causal": True}
+ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "rope_style": "half", "causal": True}
+
+
+def initial_state(e: torch.Tensor, init: dict, max_seq_len: int) -> torch.Tensor:
+    """h0 at evaluation: e, zeros, or rows 0..T-1 of a [max_seq_len, d] table drawn on the CPU
+    from the seed (randn, then overwritten by TruncNormal(0, std, +-3 std)), times the scale."""
+    kind = init.get("kind", "prelude")
+    if kind == "prelude":
+        return e
+    if kind == "zeros":
+        return torch.zeros_like(e)
+    d = e.shape[-1]
+    std = init.get("std") or math.sqrt(2 / (5 * d))
+    scale = math.sqrt(d) if init.get("scale") == "sqrt_d" else init.get("scale", 1.0)
+    g = torch.Generator().manual_seed(init["seed"])
+    table = torch.randn(max_seq_len, d, generator=g)
+    torch.nn.init.trunc_normal_(table, 0.0, std, -3 * std, 3 * std, generator=g)
+    return (table * scale)[: e.shape[1]].expand_as(e)
 
 
 def _sub(sd: Weights, prefix: str) -> Weights:
@@ -187,6 +211,7 @@ class Reference:
         self.norm_kind, self.eps = norm.get("kind", "rmsnorm"), norm.get("eps", 1e-6)
         self.tied = m.get("tie_embeddings", True)
         self.blocks = spec["blocks"]
+        self.model = m
 
     def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         w = _sub(self.sd, prefix)
@@ -203,9 +228,9 @@ class Reference:
         w = _sub(self.sd, prefix)
         if a["kind"] == "cross":
             return cross(x, *kv, w, self.n_heads, a["causal"])
-        base = a["rope_base"] if a["rope"] else None
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
         run = mha if a["kind"] == "mha" else mla
-        return run(x, w, self.n_heads, base, a["causal"])
+        return run(x, w, self.n_heads, rope, a["causal"])
 
     def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
         """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
@@ -259,11 +284,14 @@ class Reference:
         if anchor is not None and not every_loop:
             kv = self.anchor(embedded if anchor.get("from", "prelude") == "embedding" else e)
         mix, table = core.get("state_mix"), core.get("loop_embedding")
-        states = [e] * mix.get("taps", 3) if mix is not None else [e]
+        h0 = initial_state(e, core.get("init_state") or {}, self.model["max_seq_len"])
+        states = [h0] * mix.get("taps", 3) if mix is not None else [h0]
         for r in range(loops):
             h_in = hyper_mix(states, self.sd["state_mix.weights"]) if mix is not None else states[0]
             if table is not None:
                 h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
+            if (core.get("inject") or {}).get("kind") == "add":
+                h_in = h_in + e
             if every_loop:
                 kv = self.anchor(h_in)
             h = self.loop_step(h_in, r, kv)

@@ -137,7 +137,7 @@ def _divisors(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def _self_attention(c: Chooser, d: int, heads: int, rope_base: float | None) -> dict:
+def _self_attention(c: Chooser, d: int, heads: int, rope: dict[str, Any]) -> dict:
     kind = c.choice(["mha", "mla"])
     a: dict[str, Any] = {"kind": kind}
     if kind == "mha":
@@ -146,13 +146,12 @@ def _self_attention(c: Chooser, d: int, heads: int, rope_base: float | None) -> 
         _maybe(c, a, "kv_latent", lambda: c.integer(1, d))
     _maybe(c, a, "rope", c.boolean)
     _maybe(c, a, "causal", c.boolean)
-    if rope_base is not None:
-        a["rope_base"] = rope_base
+    a.update(rope)  # one base and style for every block: they share one table
     return a
 
 
-def _stack(c: Chooser, d: int, heads: int, rope_base: float | None, most: int = 3) -> dict:
-    return {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope_base)}
+def _stack(c: Chooser, d: int, heads: int, rope: dict[str, Any], most: int = 3) -> dict:
+    return {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope)}
 
 
 def valid_spec(c: Chooser) -> dict:
@@ -178,16 +177,18 @@ def valid_spec(c: Chooser) -> dict:
     _maybe(c, model, "tie_embeddings", c.boolean)
     _maybe(c, model, "init_std", lambda: c.choice([0.02, 0.1, 0.5]))
 
-    rope_base = c.choice([None, 10000.0, 500.0])
+    rope: dict[str, Any] = {}
+    _maybe(c, rope, "rope_base", lambda: c.choice([10000.0, 500.0]))
+    _maybe(c, rope, "rope_style", lambda: c.choice(["half", "interleaved"]))
     blocks: dict[str, Any] = {}
     if c.choice(["looped", "dense"]) == "dense":
-        blocks["stack"] = _stack(c, d, heads, rope_base)
+        blocks["stack"] = _stack(c, d, heads, rope)
     else:
         has = {b: c.boolean() for b in ("prelude", "core", "coda")}
         if not any(has.values()):
             has["core"] = True
         if has["prelude"]:
-            blocks["prelude"] = _stack(c, d, heads, rope_base)
+            blocks["prelude"] = _stack(c, d, heads, rope)
         if has["core"]:
             loops = c.integer(1, 4)
             core: dict[str, Any] = {"loops": loops}
@@ -215,7 +216,7 @@ def valid_spec(c: Chooser) -> dict:
                     anchor["recompute"] = recompute
                 blocks["anchor"] = anchor
             else:
-                core["attention"] = _self_attention(c, d, heads, rope_base)
+                core["attention"] = _self_attention(c, d, heads, rope)
             gate = c.choice(["none", "lti", "residual"])
             if gate == "lti":
                 core["gate"] = {"kind": "lti"}
@@ -235,10 +236,21 @@ def valid_spec(c: Chooser) -> dict:
                 _maybe(c, le, "dim", lambda: c.choice([2, 4, 8, 16, 32]))
                 _maybe(c, le, "max_loops", lambda: c.integer(loops, loops + 4))
                 core["loop_embedding"] = le
+            start = c.choice(["default", "prelude", "zeros", "trunc_normal"])
+            if start == "trunc_normal":  # seeded: evaluation must be deterministic to be compared
+                init: dict[str, Any] = {"kind": start, "seed": c.integer(0, 9)}
+                _maybe(c, init, "std", lambda: c.choice([0.02, 0.5]))
+                _maybe(c, init, "scale", lambda: c.choice([2.0, "sqrt_d"]))
+                core["init_state"] = init
+            elif start != "default":
+                core["init_state"] = {"kind": start}
+            reads_input = core["attention"]["kind"] == "cross" or start in ("default", "prelude")
+            if c.boolean() or not reads_input:  # a loop must read the tokens somehow
+                core["inject"] = {"kind": "add"}
             _maybe(c, core, "checkpoint", c.boolean)
             blocks["core"] = core
         if has["coda"]:
-            blocks["coda"] = _stack(c, d, heads, rope_base)
+            blocks["coda"] = _stack(c, d, heads, rope)
             if has["prelude"] and c.boolean():  # same structure, so prelude and coda may share
                 blocks["coda"]["attention"] = copy.deepcopy(blocks["prelude"]["attention"])
 

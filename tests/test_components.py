@@ -19,7 +19,7 @@ from cartspec.resolve import resolve
 from cartspec.runtime.generated import import_module
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "cartspec" / "codegen" / "templates"
-FAMILIES = ("attention", "gate", "state_mix", "loop_embedding")
+FAMILIES = ("attention", "gate", "state_mix", "loop_embedding", "inject", "init_state")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

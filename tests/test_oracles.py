@@ -33,6 +33,14 @@ VARIANTS = {
     "dense_mha": (DENSE_TINY, ()),
     "dense_mha_bidirectional": (DENSE_TINY, ("blocks.stack.attention.causal=false",)),
     "dense_gqa": (DENSE_TINY, ("blocks.stack.attention.kv_heads=2",)),
+    "dense_gqa_interleaved_rope": (
+        DENSE_TINY,
+        ("blocks.stack.attention={kind: mha, kv_heads: 2, rope_base: 500.0, rope_style: interleaved}",),
+    ),
+    "dense_mla_interleaved_rope": (
+        DENSE_TINY,
+        ("blocks.stack.attention={kind: mla, rope_style: interleaved}",),
+    ),
     "dense_mqa_no_rope": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false}",)),
     "dense_gqa_bidirectional_gelu_layernorm_untied": (
         DENSE_TINY,
@@ -176,6 +184,7 @@ SELF_ATTENTION = {
         ("dense_mha", "stack"),
         ("dense_mha_bidirectional", "stack"),
         ("dense_gqa", "stack"),
+        ("dense_gqa_interleaved_rope", "stack"),
         ("dense_mqa_no_rope", "stack"),
         ("dense_gqa_bidirectional_gelu_layernorm_untied", "stack"),
         ("mha_prelude_bidirectional_coda", "prelude"),
@@ -183,6 +192,7 @@ SELF_ATTENTION = {
     ],
     "mla": [
         ("dense_mla_latent", "stack"),
+        ("dense_mla_interleaved_rope", "stack"),
         ("dense_mla_bidirectional_no_rope", "stack"),
         ("cart", "prelude"),
         ("mha_prelude_bidirectional_coda", "coda"),
@@ -205,10 +215,10 @@ def _check_self_attention(variants, kind: str) -> None:
         assert a["kind"] == kind
         module = _self_attention_module(model, block)
         x = activations(B, T, spec["model"]["d_model"])
-        base = a["rope_base"] if a["rope"] else None
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
         run = oracles.mha if kind == "mha" else oracles.mla
         with torch.no_grad():
-            same(module(x), run(x, weights(module), n_heads(spec), base, a["causal"]))
+            same(module(x), run(x, weights(module), n_heads(spec), rope, a["causal"]))
 
 
 def test_mha_gqa_mqa_self_attention_equals_the_oracle(variants):

@@ -50,8 +50,9 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
             entries.append(ConfigEntry(name="core_layers", type="int", value=str(c.layers)))
         entries += c.attention.config_entries("core", m)
         entries += c.ffn.config_entries() if c.ffn is not None else []
-        for part in (c.gate, c.state_mix, c.loop_embedding):
-            entries += part.config_entries() if part is not None else []
+        for part in arch.loop_parts():
+            entries += part.config_entries()
+        entries += c.init_state.config_entries()
         entries.append(ConfigEntry(name="checkpoint_loops", type="bool", value=str(c.checkpoint)))
     if b.coda:
         entries.append(ConfigEntry(name="coda_layers", type="int", value=str(b.coda.layers)))

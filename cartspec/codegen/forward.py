@@ -122,13 +122,19 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
             "if cache is not None:",
             "    k, v = cache.anchor.extend(k, v)  # earlier positions' K, V come from the cache",
         ]
+    h0 = c.init_state.expression()
+    if h0 != "e":
+        lines.append(f"h0 = {h0}  # {c.init_state.doc()}")
+        h0 = "h0"
     if c.state_mix is not None:
-        lines.append(f"states = [e] * {c.state_mix.taps}  # the blend's buffer starts as copies of e")
+        lines.append(f"states = [{h0}] * {c.state_mix.taps}  # the blend's buffer starts as copies of {h0}")
     else:
-        lines.append("h = e")
+        lines.append(f"h = {h0}")
     body = ["h_prev = states[0]" if c.state_mix is not None else "h_prev = h"]
     h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
     h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
+    if c.inject is not None:
+        h_in = c.inject.read(h_in, "e")
     body.append(f"h_in = {h_in}")
     if core["unfrozen"]:
         body += [

@@ -93,12 +93,14 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "ffn_cls": m.ffn.class_name,
         "rope": arch.rope_base is not None,
         "rope_width": "rope_dim" if any(e.name == "rope_dim" for e in entries) else "head_dim",
+        "rope_style": arch.rope_style,
         "attention_classes": list(attention_classes.values()),
         "layer_classes": list({lc.name: lc for lc, _ in layers.values()}.values()),
         "anchor": arch.anchor,
         "anchor_grouped": arch.anchor is not None and arch.anchor.grouped(m),
         "core": core,
-        "loop_templates": [p.template for p in loop_parts],
+        "loop_templates": [p.template for p in loop_parts]
+        + ([arch.core.init_state.template] if arch.core and arch.core.init_state.template else []),
         "tied": m.tie_embeddings,
         "needs_math": any("math." in e.rule for e in entries) or bool(loop_parts),
         "init_lines": _init_lines(arch, graph, layers),
@@ -239,6 +241,8 @@ def _init_lines(arch: Architecture, graph: ModelGraph, layers: dict) -> list[str
         lines.append(f"self.anchor = AnchorKV(config)  # {note}")
     core = arch.core
     if core:
+        if core.init_state.attribute:
+            lines.append(f"self.{core.init_state.attribute} = {core.init_state.constructor()}")
         ctor = f"CoreBlock(config{', self.rotary' if core.attention.rope else ''})"
         if core.shared:
             lines.append(f"self.core = {ctor}  # one block, run by every loop")

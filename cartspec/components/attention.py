@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from cartspec.schema import ModelConfig
 
 
+RopeStyle = Literal["half", "interleaved"]
+ROPE_STYLE_DOC = (
+    "half: channel i rotates with i + head_dim/2 (rotate-half, CART, Llama); "
+    "interleaved: channels 2i and 2i+1 rotate together (Huginn, Parcae, OpenMythos)."
+)
+
+
 class Attention(Strict):
     """What every attention kind declares for the graph, the accounting and the code generator."""
 
@@ -82,6 +89,7 @@ class MHA(Attention):
     )
     rope: bool = Field(True, description="Rotary position embedding on Q and K.")
     rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
+    rope_style: RopeStyle = Field("half", description=ROPE_STYLE_DOC)
     causal: bool = Field(True, description="Causal mask.")
 
     def resolved(self, m: ModelConfig) -> MHA:
@@ -131,6 +139,7 @@ class MLA(Attention):
     )
     rope: bool = Field(True, description="Rotary position embedding on Q and K (full head dim).")
     rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
+    rope_style: RopeStyle = Field("half", description=ROPE_STYLE_DOC)
     causal: bool = Field(True, description="Causal mask.")
 
     def resolved(self, m: ModelConfig) -> MLA:

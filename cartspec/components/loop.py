@@ -22,6 +22,7 @@ class LoopPart(Strict):
     attribute: ClassVar[str] = ""  # the generated model's attribute; "" when it has no module
     weights: ClassVar[str] = ""  # its parameter's name, for the report's breakdown
     on_output: ClassVar[bool] = False  # runs on the core's output (a gate), else on the loop's input
+    loop_control: ClassVar[bool] = True  # the CART paper counts it once, however many loops run
     template: ClassVar[str] = ""
 
     def params(self, d_model: int) -> int:
