@@ -104,10 +104,12 @@ class Architecture:
         return out
 
     def loop_parts(self) -> list[LoopPart]:
-        """The core's gate, state mix, loop embedding and inject that the spec has, in that order
-        (the loop reads its input through the last three, in their order)."""
+        """The core's gate, state mix, loop embedding, inject, LoRA and halting that the spec has, in
+        that order (the loop reads its input through state mix, loop embedding and inject, in their
+        order; its output goes through the LoRA, then the gate, then the halting)."""
         c = self.core
-        return [p for p in (c.gate, c.state_mix, c.loop_embedding, c.inject) if p is not None] if c else []
+        parts = (c.gate, c.state_mix, c.loop_embedding, c.inject, c.lora, c.halt) if c else ()
+        return [p for p in parts if p is not None]
 
     def module_names(self) -> set[str]:
         """Every module with parameters of its own before sharing: the graph's sharing groups."""

@@ -281,7 +281,7 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             )
         )
     le = core.loop_embedding
-    if le is not None and le.max_loops < core.loops:
+    if le is not None and le.rows is not None and le.rows < core.loops:
         problems.append(
             (
                 ("blocks", "core", "loop_embedding", "max_loops"),
@@ -334,7 +334,7 @@ def _check_depth(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
     if top < d.min:
         problems.append(((*at, "max"), f"{top} is below min {d.min}"))
     table = core.loop_embedding
-    if table is not None and top > table.max_loops:
+    if table is not None and table.rows is not None and top > table.rows:
         problems.append(((*at, "max"), f"{top} loops exceed the loop table's {table.max_loops} rows"))
 
 

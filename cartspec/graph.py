@@ -160,7 +160,7 @@ def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
             part.attribute, part.attribute, parts, part.flops(m.d_model, m.max_seq_len), part.loop_control
         )
     before = [p.attribute for p in modules if not p.on_output]
-    after = [p.attribute for p in modules if p.on_output]
+    after = [p.attribute for p in sorted((p for p in modules if p.on_output), key=lambda p: p.output_order)]
 
     state = prev
     for r in range(core.loops):

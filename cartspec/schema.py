@@ -29,6 +29,8 @@ Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
 Inject = union(kinds("inject"))
+Lora = union(kinds("lora"))
+Halt = union(kinds("halt"))
 InitState = union(kinds("init_state"))
 
 
@@ -100,6 +102,13 @@ class Core(Strict):
     )
     inject: Inject | None = Field(
         None, description="How each loop's input re-reads the prelude output e; null: it does not (CART)."
+    )
+    lora: Lora | None = Field(
+        None, description="A per-loop low-rank correction of the core's output (before the gate); null: none."
+    )
+    halt: Halt | None = Field(
+        None,
+        description="Halting: the coda reads a learned weighting of the loop's states; null: the last state.",
     )
     init_state: InitState = Field(
         default_factory=lambda: FromPrelude(kind="prelude"),

@@ -70,7 +70,7 @@ def config_checks(arch: Architecture, entries: list[ConfigEntry]) -> list[str]:
             why = f"{e.name} {{self.{e.name}}} does not divide the {{self.n_heads}} query heads"
             lines += _refuse(f"self.n_heads % self.{e.name}", why)
     core = arch.core
-    if core is not None and core.shared and core.loop_embedding is not None:
+    if core is not None and core.shared and core.loop_embedding is not None and core.loop_embedding.rows:
         why = "loops {self.loops} exceeds the {self.max_loops} rows of the loop table"
         lines += _refuse("self.loops > self.max_loops", why)
     return lines

@@ -55,6 +55,12 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _uses_math(template: str) -> bool:
+    """Whether a template's code calls the math module (the generated file imports it only then)."""
+    env = _environment()
+    return "math." in env.loader.get_source(env, template)[0]
+
+
 def class_name(name: str) -> str:
     """cart_d1024 -> CartD1024."""
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
@@ -76,7 +82,10 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
     layers = _layer_classes(arch)
     core = _core_context(arch) if arch.core else None
     entries = config_entries(arch)
-    loop_parts = [p for p in arch.loop_parts() if p.template]
+    loop_templates = [t for p in arch.loop_parts() for t in p.templates()]
+    if arch.core is not None and arch.core.init_state.template:
+        loop_templates.append(arch.core.init_state.template)
+    loop_templates = [t for t in dict.fromkeys(loop_templates) if t != m.norm.template]  # each class once
     ctx = {
         "version": __version__,
         "sha256": sha256,
@@ -99,10 +108,9 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "anchor": arch.anchor,
         "anchor_grouped": arch.anchor is not None and arch.anchor.grouped(m),
         "core": core,
-        "loop_templates": [p.template for p in loop_parts]
-        + ([arch.core.init_state.template] if arch.core and arch.core.init_state.template else []),
+        "loop_templates": loop_templates,
         "tied": m.tie_embeddings,
-        "needs_math": any("math." in e.rule for e in entries) or bool(loop_parts),
+        "needs_math": any("math." in e.rule for e in entries) or any(map(_uses_math, loop_templates)),
         "init_lines": _init_lines(arch, graph, layers),
         "blocks_lines": wrap(8, "return [", _block_items(arch, graph), "]"),
         "head_expr": "F.linear(self.norm(x), self.embedding.weight)  # tied head: the embedding table"

@@ -5,7 +5,7 @@ Importing this package registers every kind; the spec's unions, the graph, the a
 the code generator read them from here.
 """
 
-from cartspec.components import attention, inject, latent, loop, state  # noqa: F401 - registers their kinds
+from cartspec.components import attention, halt, inject, latent, loop, lora, state  # noqa: F401 - registers their kinds
 from cartspec.components.base import kinds, union
 
 __all__ = ["kinds", "union"]

@@ -20,13 +20,14 @@ from cartspec.components.loop import LoopPart
 
 @register("halt")
 class ACTHalt(LoopPart):
-    """Adaptive computation time: a learned halting probability per position; the coda reads the
-    halting-weighted sum of the loop's states."""
+    """Adaptive computation time: the coda reads the loop's states weighted by a learned halting probability."""
 
     attribute: ClassVar[str] = "halt"
     weights: ClassVar[str] = "proj"
     on_output: ClassVar[bool] = True
     template: ClassVar[str] = "act_halt.py.j2"
+    loop_control: ClassVar[bool] = False  # runs every loop
+    output_order: ClassVar[int] = 2
 
     kind: Literal["act"]
     threshold: float = Field(

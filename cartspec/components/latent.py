@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
-from cartspec.components.attention import Attention
+from cartspec.components.attention import ROPE_STYLE_DOC, Attention, RopeStyle
 from cartspec.components.base import ConfigEntry, register
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class DeepSeekMLA(Attention):
     v_dim: int = Field(..., ge=1, le=4096, description="Per-head value width.")
     rope: bool = Field(True, description="Rotary position embedding on the rope part of Q and K.")
     rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
+    rope_style: RopeStyle = Field("half", description=ROPE_STYLE_DOC)
     causal: bool = Field(True, description="Causal mask.")
 
     def matrices(self, m: ModelConfig) -> int:

@@ -23,6 +23,9 @@ class PerLoopLoRA(LoopPart):
     weights: ClassVar[str] = "down, B, scale"
     on_output: ClassVar[bool] = True
     template: ClassVar[str] = "loop_lora.py.j2"
+    loop_control: ClassVar[bool] = False  # its matmuls run every loop
+    reads: ClassVar[tuple[str, ...]] = ("r",)
+    output_order: ClassVar[int] = 0
 
     kind: Literal["per_loop"]
     rank: int = Field(..., ge=1, le=4096, description="Width of the low-rank bottleneck.")
@@ -36,8 +39,16 @@ class PerLoopLoRA(LoopPart):
     def flops(self, d_model: int, seq_len: int) -> int:
         return 2 * 2 * d_model * self.rank * seq_len  # down and B; a table row costs nothing
 
+    @property
+    def rows(self) -> int | None:
+        return None  # later loops reuse the last row
+
     def constructor(self) -> str:
-        return "LoopLoRA(config.d_model, config.lora_rank, config.lora_rows)"
+        return "LoopLoRA(config.d_model, config.lora_rank, config.lora_rows, config.init_std)"
+
+    def adapt(self, out: str) -> str:
+        """The core's output with this loop's correction added."""
+        return f"self.lora({out}, r)"
 
     def config_entries(self) -> list[ConfigEntry]:
         return [
