@@ -375,15 +375,16 @@ class LoopLoRA(nn.Module):
         self.init_std = init_std
         self.down = nn.Linear(d_model, rank, bias=False)
         self.B = nn.Parameter(torch.empty(rank, d_model))
-        self.scale = nn.Embedding(rows, rank)
+        self.scale = nn.Parameter(torch.empty(rows, rank))  # one row per loop
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.B, std=self.init_std)
+        nn.init.normal_(self.scale, std=self.init_std)
 
     def forward(self, y: torch.Tensor, r: int | torch.Tensor) -> torch.Tensor:
         """y corrected for loop r (one loop index per sequence: r of shape [B]); later loops reuse the last row."""
-        table, last = self.scale.weight, self.scale.num_embeddings - 1
-        row = table[min(r, last)] if isinstance(r, int) else table[r.clamp(max=last), None]
+        last = self.scale.size(0) - 1
+        row = self.scale[min(r, last)] if isinstance(r, int) else self.scale[r.clamp(max=last), None]
         return y + (self.down(y) * row) @ self.B
 
 

@@ -343,6 +343,7 @@ _MODULES = (
     ("core.", "recurrent.block."),
     ("inject.", "recurrent.norm."),
     ("gate.", "recurrent.injection."),
+    ("lora.scale", "recurrent.lora.scale.weight"),  # a table of rows, an Embedding in OpenMythos
     ("lora.", "recurrent.lora."),
     ("halt.proj.", "recurrent.act.halt."),
 )
