@@ -124,6 +124,32 @@ def mla(
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
 
 
+def deepseek_mla(
+    x: torch.Tensor, w: Weights, n_heads: int, rope: tuple[float, str] | None, causal: bool
+) -> torch.Tensor:
+    """DeepSeek-style latent attention (widths from the weight shapes): q = [q_up_nope c_q, q_up_rope c_q]
+    with c_q = norm(q_down x); kv_down x = [c_kv, k_r]; [k_nope, v] = kv_up norm(c_kv) per head; every
+    head's key is [k_nope, k_r], k_r one key for all heads; RoPE on the rope parts only."""
+    kv_rank = w["kv_norm.weight"].shape[0]
+    rope_dim = w["kv_down.weight"].shape[0] - kv_rank
+    nope = w["q_up_nope.weight"].shape[0] // n_heads
+    c_q = rmsnorm(linear(x, w["q_down.weight"]), w["q_norm.weight"], 1e-6)
+    q_nope, q_rope = (
+        heads(linear(c_q, w["q_up_nope.weight"]), n_heads),
+        heads(linear(c_q, w["q_up_rope.weight"]), n_heads),
+    )
+    down = linear(x, w["kv_down.weight"])
+    c_kv, k_r = down[..., :kv_rank], heads(down[..., kv_rank:], 1)
+    assert k_r.shape[-1] == rope_dim
+    up = heads(linear(rmsnorm(c_kv, w["kv_norm.weight"], 1e-6), w["kv_up.weight"]), n_heads)
+    k_nope, v = up[..., :nope], up[..., nope:]
+    if rope is not None:  # (base, style)
+        q_rope, k_r = rotate(q_rope, *rope), rotate(k_r, *rope)
+    q = torch.cat([q_nope, q_rope], dim=-1)
+    k = torch.cat([k_nope, k_r.expand(-1, n_heads, -1, -1)], dim=-1)
+    return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
+
+
 def cross(
     x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: Weights, n_heads: int, causal: bool
 ) -> torch.Tensor:
@@ -148,6 +174,21 @@ def lti_gate(h_in: torch.Tensor, block_out: torch.Tensor, a: torch.Tensor, form:
     """cart: sigmoid(a) * h_in + block(h_in); contractive: sigmoid(a) * h_in + (block(h_in) - h_in)."""
     decay = 1.0 / (1.0 + torch.exp(-a))
     return decay * h_in + (block_out if form == "cart" else block_out - h_in)
+
+
+def decay_gate(h_prev: torch.Tensor, e: torch.Tensor, block_out: torch.Tensor, w: Weights) -> torch.Tensor:
+    """A * h_prev + B * e + block(h_in), A = exp(-exp(log_dt + log_A)), the exponent clamped to +-20."""
+    exponent = torch.clamp(w["log_dt"] + w["log_A"], -20.0, 20.0)
+    return torch.exp(-torch.exp(exponent)) * h_prev + w["B"] * e + block_out
+
+
+def channel_signal(r: int, d: int, fraction: int, base: float) -> torch.Tensor:
+    """[d]: with n = d // fraction channels and m = ceil(n / 2) frequencies w_j = base^(-2j / n), the first
+    n of [sin(r w_0) .. sin(r w_{m-1}), cos(r w_0) .. cos(r w_{m-1})], then zeros."""
+    n = d // fraction
+    freqs = [base ** (-2 * j / n) for j in range((n + 1) // 2)]
+    values = [math.sin(r * f) for f in freqs] + [math.cos(r * f) for f in freqs]
+    return torch.tensor(values[:n] + [0.0] * (d - n), dtype=torch.float32)
 
 
 def residual_gate(h_in: torch.Tensor, block_out: torch.Tensor) -> torch.Tensor:
@@ -229,7 +270,7 @@ class Reference:
         if a["kind"] == "cross":
             return cross(x, *kv, w, self.n_heads, a["causal"])
         rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
-        run = mha if a["kind"] == "mha" else mla
+        run = {"mha": mha, "mla": mla, "deepseek_mla": deepseek_mla}[a["kind"]]
         return run(x, w, self.n_heads, rope, a["causal"])
 
     def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
@@ -252,13 +293,15 @@ class Reference:
             x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv)
         return x
 
-    def loop_step(self, h_in: torch.Tensor, r: int, kv) -> torch.Tensor:
+    def loop_step(self, h_in: torch.Tensor, r: int, kv, h_prev=None, e=None) -> torch.Tensor:
         gate = self.blocks["core"].get("gate")
         out = self.core_block(h_in, r, kv)
         if gate is None:
             return out
         if gate["kind"] == "residual":
             return residual_gate(h_in, out)
+        if gate["kind"] == "decay":
+            return decay_gate(h_prev, e, out, _sub(self.sd, "gate."))
         return lti_gate(h_in, out, self.sd["gate.a"], gate.get("form", "cart"))
 
     def logits(self, idx: torch.Tensor, loops: int | None = None) -> torch.Tensor:
@@ -288,13 +331,15 @@ class Reference:
         states = [h0] * mix.get("taps", 3) if mix is not None else [h0]
         for r in range(loops):
             h_in = hyper_mix(states, self.sd["state_mix.weights"]) if mix is not None else states[0]
-            if table is not None:
+            if table is not None and table["kind"] == "channels":
+                h_in = h_in + channel_signal(r, self.d, table.get("fraction", 8), table.get("base", 10000.0))
+            elif table is not None:
                 h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
             if (core.get("inject") or {}).get("kind") == "add":
                 h_in = h_in + e
             if every_loop:
                 kv = self.anchor(h_in)
-            h = self.loop_step(h_in, r, kv)
+            h = self.loop_step(h_in, r, kv, states[0], e)
             states = [h, *states[:-1]]
         return states[0]
 

@@ -42,6 +42,20 @@ VARIANTS = {
         ("blocks.stack.attention={kind: mla, rope_style: interleaved}",),
     ),
     "dense_mqa_no_rope": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false}",)),
+    "dense_deepseek_mla_interleaved_rope": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: deepseek_mla, q_rank: 24, kv_rank: 12, nope_dim: 6, rope_dim: 8,"
+            " v_dim: 10, rope_base: 500.0, rope_style: interleaved}",
+        ),
+    ),
+    "dense_deepseek_mla_bidirectional_no_rope": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: deepseek_mla, q_rank: 16, kv_rank: 20, nope_dim: 12, rope_dim: 4,"
+            " v_dim: 16, rope: false, causal: false}",
+        ),
+    ),
     "dense_gqa_bidirectional_gelu_layernorm_untied": (
         DENSE_TINY,
         (
@@ -108,6 +122,13 @@ VARIANTS = {
     "layernorm_gelu_untied": (
         CART_TINY,
         ("model.norm.kind=layernorm", "model.ffn.kind=gelu", "model.tie_embeddings=false"),
+    ),
+    "decay_gate_channel_signal": (  # 64 // 7 = 9 signal channels: an odd width drops the last cosine
+        CART_TINY,
+        (
+            "blocks.core.gate={kind: decay, b_init: 0.3}",
+            "blocks.core.loop_embedding={kind: channels, fraction: 7}",
+        ),
     ),
 }
 
@@ -227,6 +248,17 @@ def test_mha_gqa_mqa_self_attention_equals_the_oracle(variants):
 
 def test_latent_kv_self_attention_equals_the_oracle(variants):
     _check_self_attention(variants, "mla")
+
+
+def test_deepseek_latent_attention_equals_the_oracle(variants):
+    for label in ("dense_deepseek_mla_interleaved_rope", "dense_deepseek_mla_bidirectional_no_rope"):
+        spec, model = variants[label]
+        a = attention_spec(spec, "stack")
+        module = model.stack[0].attn
+        x = activations(B, T, spec["model"]["d_model"])
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
+        with torch.no_grad():
+            same(module(x), oracles.deepseek_mla(x, weights(module), n_heads(spec), rope, a["causal"]))
 
 
 def test_cross_attention_to_the_anchor_equals_the_oracle(variants):
@@ -431,6 +463,21 @@ def test_residual_gate_and_no_gate_equal_the_oracle(variants):
         _loop_step_vs_oracle(variants, label)
 
 
+def test_decay_gate_equals_the_oracle(variants):
+    spec, model = variants["decay_gate_channel_signal"]
+    d = spec["model"]["d_model"]
+    h_prev, e, out = (activations(B, T, d, seed=30 + i) for i in range(3))
+    with torch.no_grad():
+        same(model.gate(h_prev, e, out), oracles.decay_gate(h_prev, e, out, weights(model.gate)))
+
+
+def test_channel_loop_signal_equals_the_oracle_at_any_loop(variants):
+    spec, model = variants["decay_gate_channel_signal"]
+    d, fraction = spec["model"]["d_model"], spec["blocks"]["core"]["loop_embedding"]["fraction"]
+    for r in (1, 2, 7, 40):  # no table: any loop index
+        same(model.loop_embedding(r), oracles.channel_signal(r, d, fraction, 10000.0))
+
+
 def test_hyper_state_mix_equals_the_oracle(variants):
     for label in ("cart", "no_gate_two_taps"):
         spec, model = variants[label]
@@ -460,6 +507,9 @@ ORACLES = {
     ("attention", "cross"): test_cross_attention_to_the_anchor_equals_the_oracle,
     ("gate", "lti"): test_lti_gate_in_both_forms_and_multi_layer_cores_equals_the_oracle,
     ("gate", "residual"): test_residual_gate_and_no_gate_equal_the_oracle,
+    ("gate", "decay"): test_decay_gate_equals_the_oracle,
+    ("attention", "deepseek_mla"): test_deepseek_latent_attention_equals_the_oracle,
+    ("loop_embedding", "channels"): test_channel_loop_signal_equals_the_oracle_at_any_loop,
     ("state_mix", "hyper"): test_hyper_state_mix_equals_the_oracle,
     ("loop_embedding", "sinusoidal"): test_loop_embedding_equals_the_oracle_at_every_row,
     ("ffn", "swiglu"): test_swiglu_equals_the_oracle,
