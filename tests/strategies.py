@@ -138,12 +138,15 @@ def _divisors(n: int) -> list[int]:
 
 
 def _self_attention(c: Chooser, d: int, heads: int, rope: dict[str, Any]) -> dict:
-    kind = c.choice(["mha", "mla"])
+    kind = c.choice(["mha", "mla", "deepseek_mla"])
     a: dict[str, Any] = {"kind": kind}
     if kind == "mha":
         _maybe(c, a, "kv_heads", lambda: c.choice(_divisors(heads)))
-    else:
+    elif kind == "mla":
         _maybe(c, a, "kv_latent", lambda: c.integer(1, d))
+    else:  # RoPE rotates head_dim channels in every block: they share one table
+        a.update(q_rank=c.integer(1, d), kv_rank=c.integer(1, d), nope_dim=c.integer(1, 8))
+        a.update(rope_dim=d // heads, v_dim=c.integer(1, 8))
     _maybe(c, a, "rope", c.boolean)
     _maybe(c, a, "causal", c.boolean)
     a.update(rope)  # one base and style for every block: they share one table
@@ -217,13 +220,32 @@ def valid_spec(c: Chooser) -> dict:
                 blocks["anchor"] = anchor
             else:
                 core["attention"] = _self_attention(c, d, heads, rope)
-            gate = c.choice(["none", "lti", "residual"])
+            gate = c.choice(["none", "lti", "residual", "decay"])
             if gate == "lti":
                 core["gate"] = {"kind": "lti"}
                 _maybe(c, core["gate"], "init", lambda: c.choice([0.9, 0.5, 0.1, 0.99]))
                 _maybe(c, core["gate"], "form", lambda: c.choice(["cart", "contractive"]))
             elif gate == "residual":
                 core["gate"] = {"kind": "residual"}
+            elif gate == "decay":
+                core["gate"] = {"kind": "decay"}
+                _maybe(c, core["gate"], "b_init", lambda: c.choice([0.1, -0.5, 1.0]))
+            if c.boolean():
+                experts = c.integer(2, 4)
+                moe: dict[str, Any] = {"kind": "moe", "experts": experts, "top_k": c.integer(1, experts)}
+                moe["hidden"] = c.integer(1, 16)
+                _maybe(c, moe, "shared", lambda: c.integer(0, 2))
+                _maybe(c, moe, "shared_hidden", lambda: c.integer(1, 16))
+                core["ffn"] = moe
+            if c.boolean():
+                core["lora"] = {
+                    "kind": "per_loop",
+                    "rank": c.integer(1, 4),
+                    "max_loops": c.integer(1, loops + 1),
+                }
+            if c.boolean():
+                core["halt"] = {"kind": "act"}
+                _maybe(c, core["halt"], "threshold", lambda: c.choice([0.99, 0.5, 1.0]))
             if c.boolean():
                 mix: dict[str, Any] = {"kind": "hyper"}
                 taps = c.integer(1, 4)
@@ -231,10 +253,16 @@ def valid_spec(c: Chooser) -> dict:
                     mix["taps"] = taps
                 _maybe(c, mix, "init", lambda: [c.choice([1.0, 0.0, -0.5, 2.0]) for _ in range(taps)])
                 core["state_mix"] = mix
-            if c.boolean():
+            signal = c.choice(["none", "sinusoidal", "channels"])
+            if signal == "sinusoidal":
                 le: dict[str, Any] = {"kind": "sinusoidal"}
                 _maybe(c, le, "dim", lambda: c.choice([2, 4, 8, 16, 32]))
                 _maybe(c, le, "max_loops", lambda: c.integer(loops, loops + 4))
+                core["loop_embedding"] = le
+            elif signal == "channels":
+                le = {"kind": "channels"}
+                _maybe(c, le, "fraction", lambda: c.integer(1, 9))
+                _maybe(c, le, "base", lambda: c.choice([10000.0, 50.0]))
                 core["loop_embedding"] = le
             start = c.choice(["default", "prelude", "zeros", "trunc_normal"])
             if start == "trunc_normal":  # seeded: evaluation must be deterministic to be compared
@@ -244,9 +272,13 @@ def valid_spec(c: Chooser) -> dict:
                 core["init_state"] = init
             elif start != "default":
                 core["init_state"] = {"kind": start}
-            reads_input = core["attention"]["kind"] == "cross" or start in ("default", "prelude")
+            # a loop must read the prelude output: a noise or zero start has no e in it (a cross-attention
+            # query from zeros is constant, and an anchor read from the embedding leaves the prelude unused)
+            reads_input = start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
-                core["inject"] = {"kind": "add"}
+                core["inject"] = {"kind": c.choice(["add", "add_norm"])}
+                if core["inject"]["kind"] == "add_norm" and c.boolean():
+                    core["inject"]["norm"] = {"kind": c.choice(["rmsnorm", "layernorm"]), "eps": 1e-5}
             _maybe(c, core, "checkpoint", c.boolean)
             blocks["core"] = core
         if has["coda"]:
@@ -318,12 +350,22 @@ def counts(spec: dict) -> tuple[int, int]:
     def attention(a: dict) -> int:
         if a["kind"] == "cross":
             return 2 * d * d
+        if a["kind"] == "deepseek_mla":  # projections, and a norm on each latent
+            q, kv, nope, rope, v = (a[k] for k in ("q_rank", "kv_rank", "nope_dim", "rope_dim", "v_dim"))
+            projections = (
+                d * q + q * heads * (nope + rope) + d * (kv + rope) + kv * heads * (nope + v) + heads * v * d
+            )
+            return projections + (q + kv) * norm // d
         if a["kind"] == "mla":
             return 2 * d * d + 3 * d * a.get("kv_latent", d // 4)
         return 2 * d * d + 2 * d * a.get("kv_heads", heads) * hd
 
-    def layer(a: dict) -> int:
-        return attention(a) + ffn_p + 2 * norm
+    def layer(a: dict, moe: dict | None = None) -> int:
+        return attention(a) + (moe_params(moe) if moe else ffn_p) + 2 * norm
+
+    def moe_params(moe: dict) -> int:
+        shared = moe.get("shared", 0) * 3 * d * moe.get("shared_hidden", moe["hidden"] * moe["top_k"])
+        return d * moe["experts"] + moe["experts"] * 3 * d * moe["hidden"] + shared
 
     modules: dict[str, tuple[int, int]] = {"embedding": (V * d, 1), "norm": (norm, 1)}
     if not m.get("tie_embeddings", True):
@@ -343,17 +385,28 @@ def counts(spec: dict) -> tuple[int, int]:
         )
         modules["anchor"] = (size, 1 if a.get("recompute", "never") == "never" else loops)
     if core:
-        size = core.get("layers", 1) * layer(core["attention"])
+        size = core.get("layers", 1) * layer(core["attention"], core.get("ffn"))
         if core.get("shared", True):
             modules["core"] = (size, loops)
         else:
             modules.update({f"core.{r}": (size, 1) for r in range(loops)})
-        if core.get("gate", {}).get("kind") == "lti":
-            modules["gate"] = (d, loops)
+        gate = core.get("gate", {}).get("kind")
+        if gate in ("lti", "decay"):
+            modules["gate"] = (d if gate == "lti" else 2 * d + 1, loops)  # a; or log_A, B and log_dt
         if "state_mix" in core:
             modules["state_mix"] = (core["state_mix"].get("taps", 3), loops)
-        if "loop_embedding" in core:
+        if core.get("loop_embedding", {}).get("kind") == "sinusoidal":
             modules["loop_embedding"] = (core["loop_embedding"].get("dim", 32) * d, loops)
+        if core.get("inject", {}).get("kind") == "add_norm":
+            modules["inject"] = (
+                d * (2 if core["inject"].get("norm", {}).get("kind") == "layernorm" else 1),
+                loops,
+            )
+        if "lora" in core:  # down and B, and one scale row per table row
+            rank = core["lora"]["rank"]
+            modules["lora"] = (2 * d * rank + core["lora"]["max_loops"] * rank, loops)
+        if "halt" in core:
+            modules["halt"] = (d + 1, loops)
 
     stored = sum(size for size, _ in modules.values())
     for group in spec.get("share", []):
