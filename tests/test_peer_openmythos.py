@@ -253,3 +253,15 @@ def test_the_routing_and_the_router_bias_matter(tiny):
         model.core.ffn.router_bias.copy_(bias)
         reference.recurrent.block.ffn.router_bias.copy_(bias)
     assert (before - after).abs().max() > 1e-2
+
+
+def test_per_sequence_depths_run_each_sequence_at_its_own_loop_count(tiny):
+    """The sampled-depth path (loop indices per sequence): the signal, the LoRA row and the halting of each
+    sequence follow its own count, as if it ran alone; with truncated backprop too."""
+    model, _ = tiny["mla"]
+    idx = tokens(B, T, 97, seed=10)
+    with torch.no_grad():
+        both, _ = model(idx, depths=torch.tensor([2, 5]), grad_loops=2)
+        alone = [model(idx[i : i + 1], loops=n)[0][0] for i, n in enumerate((2, 5))]
+    for i in range(B):
+        torch.testing.assert_close(both[i], alone[i], rtol=1e-5, atol=1e-5)
