@@ -20,25 +20,9 @@ from _common import generated_model
 
 from cartspec.accounting import account
 from cartspec.runtime.torch_compile import SCOPES, compile_model
+from cartspec.throughput import peak_flops
 
-# Peak dense bf16 tensor FLOP/s (no sparsity), from the vendors' data sheets.
-PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,  # SXM; the PCIe card is 756e12
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-}
 PAPER = {"cart_d1024": (32_393, 0.49), "dense_d1024": None}  # RTX 3090, tokens/s and MFU, R=6
-
-
-def peak_flops(name: str) -> float | None:
-    for key, value in PEAK_BF16.items():
-        if key.lower() in name.lower():
-            return value
-    return None
 
 
 def main() -> None:
@@ -58,7 +42,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name()
     peak = peak_flops(gpu)
     if peak is None:
-        print(f"warning: no peak-FLOPs entry for {gpu!r}; MFU is not reported (add it to PEAK_BF16)")
+        print(
+            f"warning: no peak-FLOPs entry for {gpu!r}; MFU is not reported (add it to cartspec/throughput.py)"
+        )
     torch.backends.cuda.matmul.allow_tf32 = True
     print(
         f"GPU: {gpu}, peak bf16 {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, torch {torch.__version__}, "

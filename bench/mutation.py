@@ -528,8 +528,8 @@ MUTANTS = [
     ),
     Mutant(
         "runtime/data.py",
-        "split_at = len(documents) - n_val",
-        "split_at = n_val",
+        "cut = cached.document_end(cached.n_documents - n_val - 1)",
+        "cut = cached.document_end(n_val - 1)",
         DATA,
         "train/validation split point from the wrong end",
     ),
@@ -688,6 +688,27 @@ MUTANTS = [
         "return (3 * static + 3 * (with_grad + without) * per_loop) / seq_len",
         DEPTH,
         "loops without gradients charged a backward pass",
+    ),
+    Mutant(
+        "runtime/data.py",
+        'key = hashlib.sha256(f"{corpus.signature}\\0{tokenizer.fingerprint}".encode()).digest()',
+        "key = hashlib.sha256(tokenizer.fingerprint.encode()).digest()",
+        DATA,
+        "a changed corpus reuses its stale token cache",
+    ),
+    Mutant(
+        "runtime/token_cache.py",
+        "    if _sha256(f) != header.sha256:",
+        "    if False:",
+        DATA,
+        "a token cache corrupted in place is read as tokens",
+    ),
+    Mutant(
+        "runtime/corpus.py",
+        "        elif not block and len(blank) == 1:",
+        "        elif False:",
+        DATA,
+        "a .txt file's paragraphs differ from the whole-text split earlier runs trained on",
     ),
 ]
 

@@ -51,11 +51,14 @@ class StepClock:
 
     times: dict[int, float] = {}
 
-    def __init__(self, enabled: bool, start: int, stop: int, name: str):
+    def __init__(self, mode: str, start: int, stop: int, name: str):
         StepClock.times = {}
 
     def update(self, done: int, loss: float, tps: float) -> None:
         StepClock.times[done] = clock()
+
+    def write(self, record: dict) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -64,8 +67,8 @@ class StepClock:
 def time_runtime(resolved, cache: Path, work: Path, skip: int) -> tuple[list[float], list[float]]:
     """Seconds of each timed step of the runtime's loop, and its logged losses."""
     out = Path(tempfile.mkdtemp(dir=work))
-    loop._progress = StepClock  # the hook the loop calls after every optimizer step
-    loop.train(resolved, loop.Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    loop.Progress = StepClock  # the hook the loop calls after every optimizer step
+    loop.train(resolved, loop.Options(out=out, device="cpu", cache_dir=cache, progress="off"))
     stamps = [StepClock.times[s] for s in range(skip, resolved.spec.train.steps + 1)]
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [b - a for a, b in pairwise(stamps)], losses

@@ -71,6 +71,11 @@ class Architecture:
             [("core", self.core.attention)] if self.core else []
         )
 
+    @property
+    def decodable(self) -> bool:
+        """Every attention causal: the model decodes token by token with a KV cache."""
+        return all(a.causal for a in self.attentions)
+
     def layer_parts(self, attention: Attention, ffn: FFN | MoE | None = None) -> dict[str, int]:
         """Parameters of one pre-norm layer: attention, FFN (the model's unless given) and its two norms."""
         m = self.model

@@ -20,7 +20,9 @@ from cartspec.options import (
     check_sample_args,
     loop_counts,
     most_loops,
+    peak_tflops,
     read_prompts,
+    task_names,
     train_choices,
     write,
 )
@@ -238,6 +240,26 @@ def train(
             help="Processes on this machine, through torchrun (train.parallel: ddp or fsdp).",
         ),
     ] = 1,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new run from the weights of a run folder (its newest valid checkpoint) or a checkpoint folder.",
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard", help="Also write TensorBoard event files (pip install 'cartspec[tensorboard]')."
+        ),
+    ] = False,
+    peak: Annotated[
+        str | None,
+        typer.Option(
+            "--peak-tflops",
+            help="One device's peak TFLOP/s, for the mfu of metrics.jsonl where the GPU table has none (or a CPU).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a spec with its train: recipe; ends with a summary of losses, rho and parameters."""
@@ -247,6 +269,7 @@ def train(
     from cartspec.runtime.loop import Options, TrainingDiverged
     from cartspec.runtime.loop import train as run_training
 
+    peak_value = peak_tflops(peak)  # the rest of the new options are checked by the runtime, first
     overrides = [*set_, *([f"train.steps={steps}"] if steps is not None else [])]
     for flag, key, value in (
         ("--compile", "compile", compile_scope),
@@ -270,6 +293,9 @@ def train(
         argv += ["--out", str(out)] if out is not None else []
         argv += ["--resume", resume] if resume is not None else []
         argv += ["--until", str(until)] if until is not None else []
+        argv += ["--init-from", init_from] if init_from is not None else []
+        argv += ["--peak-tflops", peak] if peak is not None else []
+        argv += ["--tensorboard"] if tensorboard else []
         argv += ["--json"] if as_json else []
         raise typer.Exit(distributed.launch(nproc, argv))
     options = Options(
@@ -277,7 +303,10 @@ def train(
         resume=resume,
         device=device,
         until=until,
-        progress=sys.stderr.isatty(),
+        progress="bar" if sys.stderr.isatty() else "lines",
+        init_from=init_from,
+        tensorboard=tensorboard,
+        peak_tflops=peak_value,
     )
     try:
         summary = run_training(resolved, options)
@@ -306,13 +335,29 @@ def eval_(
         str | None,
         typer.Option("--data", help="Text/jsonl/.bin to evaluate on (default: the run's validation split)."),
     ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--tasks",
+            help="lm-evaluation-harness tasks instead of validation loss: names (hellaswag,arc_easy), task .yaml files or folders of them.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="With --tasks: at most this many examples per task.")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """Validation loss and perplexity of a trained run for each loop count (variable-R inference)."""
+    """Validation loss and perplexity of a trained run for each loop count (variable-R inference),
+    or lm-evaluation-harness tasks at each loop count (--tasks)."""
+    counts = loop_counts(loops)
+    if tasks is not None:
+        return _eval_tasks(run, task_names(tasks, data), counts, limit, device, as_json)
+    if limit is not None:
+        raise UserError("--limit counts the examples of --tasks; without --tasks there are none")
     from cartspec.runtime.evaluate import evaluate_loops
 
-    spec, rows = evaluate_loops(run, loop_counts(loops), data, device)
+    spec, rows = evaluate_loops(run, counts, data, device)
     if as_json:
         from cartspec.console import print_json
 
@@ -321,6 +366,30 @@ def eval_(
     from cartspec.console import print_loop_rows
 
     print_loop_rows(spec, rows)
+
+
+def _eval_tasks(
+    run: Path, tasks: list[str], counts: list[int] | None, limit: int | None, device: str, as_json: bool
+) -> None:
+    """``eval --tasks``: the harness's tasks at each loop count, one row per loop count."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "eval --tasks needs lm-evaluation-harness: pip install 'cartspec[eval]' (torch==2.13.0 on a CPU)"
+        ) from None
+    from cartspec.runtime.harness import run_tasks
+
+    trained, rows = run_tasks(run, tasks, counts, device, limit)
+    spec = trained.resolved.spec
+    if as_json:
+        from cartspec.console import print_json
+
+        print_json({"name": spec.name, "run": str(run), "tasks": tasks, "rows": [r.__dict__ for r in rows]})
+        return
+    from cartspec.console import print_task_rows
+
+    print_task_rows(spec, rows)
 
 
 @app.command()
@@ -377,6 +446,23 @@ def sample(
     used = [s.loops_per_token for s in samples if s.loops_per_token is not None]
     if used:
         print(f"mean loops per token: {sum(used) / len(used):.2f}", file=sys.stderr)
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory made by cartspec train.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="A new (or empty) folder to write.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="hf: a transformers model folder.")] = "hf",
+) -> None:
+    """A trained run's newest checkpoint as a model folder other tools load (transformers)."""
+    from cartspec.runtime.export import check_export_args
+
+    check_export_args(out, fmt)
+    from cartspec.runtime.export import export_hf
+
+    done = export_hf(run, out)
+    print(f"wrote {done.out}  ({done.name}, {done.checkpoint.name}): {', '.join(done.files)}")
 
 
 @app.command()

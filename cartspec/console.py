@@ -206,3 +206,26 @@ def print_loop_rows(spec, rows) -> None:
         share = "–" if r.trained_share is None else f"{r.trained_share:.1%}"
         table.add_row(loops, f"{r.val_loss:.4f}", f"{r.val_ppl:.2f}", share)
     Console().print(table)
+
+
+def print_task_rows(spec, rows) -> None:
+    """``eval --tasks``: one row per loop count, one column per task and metric (stderr in JSON)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    core = spec.blocks.core
+    columns = [
+        (task, metric)
+        for task, metrics in rows[0].results.items()
+        for metric in metrics
+        if not metric.endswith("_stderr") and metric != "sample_len"
+    ]
+    title = "no loop" if core is None else f"trained at R={core.loops}"
+    table = Table(title=f"{spec.name}: lm-eval tasks by loop count ({title})", title_justify="left")
+    table.add_column("loops", justify="right")
+    for task, metric in columns:
+        table.add_column(f"{task}\n{metric}", justify="right", overflow="fold")
+    for r in rows:
+        loops = "–" if r.loops is None else f"{r.loops}{' *' if core and r.loops == core.loops else ''}"
+        table.add_row(loops, *(f"{r.results[task].get(metric, math.nan):.4f}" for task, metric in columns))
+    Console().print(table)

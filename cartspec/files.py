@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 
 class Unreadable(Exception):
@@ -55,22 +56,37 @@ def kind_of(mode: int) -> str:
 
 def read_bounded(path: str | Path, limit: int | None = None) -> bytes:
     """The bytes of the regular file ``path``; :class:`Unreadable` when it is anything else,
-    cannot be opened, or holds more than ``limit`` bytes (None: no limit, for corpora)."""
+    cannot be opened, or holds more than ``limit`` bytes (None: no limit)."""
+    fd = _open_regular(path)
+    try:
+        return _read_at_most(fd, limit)
+    except OSError as e:
+        raise Unreadable(reason(e)) from None
+    finally:
+        os.close(fd)
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """The regular file ``path`` opened for reading in binary, to be read piece by piece (a
+    corpus); :class:`Unreadable` when it is anything else or cannot be opened."""
+    return os.fdopen(_open_regular(path), "rb")
+
+
+def _open_regular(path: str | Path) -> int:
+    """A descriptor of ``path``, opened without blocking and checked to be a regular file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise Unreadable(reason(e)) from None
     try:
         mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise Unreadable("is a directory")
-        if not stat.S_ISREG(mode):
-            raise Unreadable(f"{kind_of(mode)}, not a regular file")
-        return _read_at_most(fd, limit)
     except OSError as e:
-        raise Unreadable(reason(e)) from None
-    finally:
         os.close(fd)
+        raise Unreadable(reason(e)) from None
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Unreadable("is a directory" if stat.S_ISDIR(mode) else f"{kind_of(mode)}, not a regular file")
+    return fd
 
 
 def _read_at_most(fd: int, limit: int | None) -> bytes:

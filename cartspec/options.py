@@ -19,6 +19,19 @@ def train_choices(key: str) -> tuple[str, ...]:
     return get_args(Train.model_fields[key].annotation)
 
 
+def peak_tflops(text: str | None) -> float | None:
+    """``--peak-tflops``: one device's peak in TFLOP/s, a positive finite number."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"--peak-tflops: expected a positive number of TFLOP/s (e.g. 989), got {text!r}")
+    return value
+
+
 def loop_counts(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -32,6 +45,19 @@ def loop_counts(text: str | None) -> list[int] | None:
     if max(counts) > most:  # a model without a loop-embedding table has no bound of its own
         raise UserError(f"--loops: at most {most} (the most a spec's core.loops allows), got {max(counts)}")
     return counts
+
+
+def task_names(text: str, data: str | None) -> list[str]:
+    """``eval --tasks``: comma-separated task names or paths, each once."""
+    if data is not None:
+        raise UserError("--tasks and --data: pick one (--data is text for the validation loss)")
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"--tasks: expected task names like hellaswag,arc_easy, got {text!r}")
+    repeated = sorted({t for t in names if names.count(t) > 1})
+    if repeated:
+        raise UserError(f"--tasks: {', '.join(repeated)} named more than once")
+    return names
 
 
 def most_loops() -> int:

@@ -184,7 +184,7 @@ class Data(Strict):
         "bible",
         min_length=1,
         max_length=4096,
-        description="bible (the embedded King James corpus), a .txt/.jsonl file or folder, or .bin token files.",
+        description="bible (the embedded King James corpus), a .txt/.jsonl/.parquet file or a folder of them, or .bin token files (nanoGPT's).",
     )
     tokenizer: Literal["bpe", "file", "bytes"] = Field(
         "bpe",

@@ -32,6 +32,27 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the kernel tells it (Linux's
+    /proc/self/status); elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give a file written by a library that creates it private (safetensors writes 0600) the
+    permissions an ordinary file gets: colleagues in the group can read a run on a shared disk
+    when the umask lets them."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a whole file atomically (str is encoded as UTF-8)."""
     with atomic_writer(path) as f:

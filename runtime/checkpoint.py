@@ -22,6 +22,7 @@ from torch import nn
 
 from cartspec.errors import UserError
 from cartspec.files import Unreadable, read_bounded
+from cartspec.runtime.atomic import as_umask_allows
 from cartspec.runtime.distributed import is_sharded
 from cartspec.runtime.rundir import checkpoint_dir, checkpoint_name, list_checkpoints
 
@@ -74,6 +75,7 @@ def save(
     body = {"format": FORMAT, "step": step, "optimizer_groups": groups, **state}
     (tmp / "state.json").write_text(json.dumps(body, indent=2))
     for f in tmp.iterdir():
+        as_umask_allows(f)  # safetensors writes its files 0600
         _fsync(f)
     old = None
     if final.exists():  # saved before (a resumed run trains through it again): set it aside
@@ -126,6 +128,7 @@ _OPTIONAL: dict[str, type] = {  # the training loop's own fields, checked when p
     "data": dict,
     "architecture_sha256": str,
     "model_sha256": str,
+    "init_from": dict,
 }
 
 
@@ -150,14 +153,24 @@ def _wrong_field(state: dict[str, Any]) -> str:
     return ""
 
 
+def check_whole(path: Path) -> dict[str, Any]:
+    """The state of a checkpoint whose files all read back; a UserError names the first that
+    does not (before any data is prepared for a run that could not resume from it)."""
+    state = read_state(path)
+    for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
+        try:
+            load_file(str(path / name))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path}/{name}: corrupt checkpoint ({e})") from None
+    return state
+
+
 def newest_valid(run_dir: Path) -> Path | None:
     """The newest checkpoint whose files all read back; older ones are tried in turn."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            read_state(path)
-            for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
-                load_file(str(path / name))
-        except (UserError, SafetensorError, OSError):
+            check_whole(path)
+        except UserError:
             continue
         return path
     return None

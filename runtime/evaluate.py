@@ -15,11 +15,11 @@ from torch import nn
 
 from cartspec.errors import UserError
 from cartspec.runtime import distributed
+from cartspec.runtime.corpus import open_corpus
 from cartspec.runtime.data import (
     bin_eval_tokens,
     default_cache_dir,
     is_bin_source,
-    load_documents,
     prepare_data,
     prepare_tokens,
     val_batches,
@@ -78,16 +78,19 @@ def _validation_tokens(spec: Spec, tokenizer: Tokenizer | None, data: str | None
         if tokenizer is None or is_bin_source(source.source):
             return prepare_data(spec, default_cache_dir())[1].val
         # the run's tokenizer.json, not one rebuilt from a corpus that may have changed since
-        documents = load_documents(source.source)
         return prepare_tokens(
-            documents, tokenizer, default_cache_dir(), source.val_fraction, spec.model.vocab_size
+            open_corpus(source.source),
+            tokenizer,
+            default_cache_dir(),
+            source.val_fraction,
+            spec.model.vocab_size,
         ).val
     if is_bin_source(data):
         return bin_eval_tokens(data, spec.model.vocab_size)
     if tokenizer is None:
         raise UserError("--data: this run has no tokenizer.json to tokenize text with; pass a .bin file")
     ids: list[int] = []
-    for doc in load_documents(data):
+    for doc in open_corpus(data).documents():
         ids += [tokenizer.bos_id, *tokenizer.encode(doc), tokenizer.eos_id]
     return np.asarray(ids, dtype=np.int64)
 

@@ -1,7 +1,8 @@
 """The one training loop for every generated model, in one process or as a rank of a torchrun job.
 
 A run writes its folder (see rundir) as it goes: checkpoints at the spec's interval, a metrics
-line at each log or evaluation step, and at the start the files that let it be read back later.
+line at each log or evaluation step (also as TensorBoard events and, in a batch job's log, as a
+plain line on stderr), and at the start the files that let it be read back later.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from torch import nn
 
 from cartspec.errors import UserError
 from cartspec.resolve import Resolved
-from cartspec.runtime import checkpoint, distributed, rundir
+from cartspec.runtime import checkpoint, distributed, events, init_from, rundir
 from cartspec.runtime.data import BatchStream, TokenSplits, default_cache_dir, prepare_data, val_batches
 from cartspec.runtime.depth import DepthDraws
-from cartspec.runtime.device import autocast, machine, pick_device
+from cartspec.runtime.device import autocast, machine, peak_memory_mb, pick_device
 from cartspec.runtime.evaluate import evaluate
 from cartspec.runtime.generated import compiled_module
 from cartspec.runtime.optim import build_optimizer, lr_at
+from cartspec.runtime.progress import Progress, opening_line
 from cartspec.runtime.tokenizer import Tokenizer
 from cartspec.runtime.torch_compile import compile_model
 from cartspec.schedule import schedule
+from cartspec.throughput import mfu, peak_flops, train_flops_per_token
 
 
 class TrainingDiverged(Exception):
@@ -43,7 +46,10 @@ class Options:
     device: str = "auto"
     until: int | None = None  # stop after this step (the schedule still spans train.steps)
     cache_dir: Path | None = None
-    progress: bool = True
+    progress: str = "bar"  # bar (a terminal), lines (a batch job's log) or off; see progress.MODES
+    init_from: str | None = None  # a run or checkpoint folder whose weights a fresh run starts from
+    tensorboard: bool = False  # TensorBoard event files beside metrics.jsonl
+    peak_tflops: float | None = None  # one device's peak, for the MFU of a device not in the table
 
 
 @dataclass
@@ -79,6 +85,8 @@ class _Run:
     accum: int  # micro-batches per step on this rank
     state: dict[str, Any]  # what every checkpoint records beside the weights
     depth: DepthDraws | None  # None: every step runs the spec's R loops with full backprop
+    flops_per_token: float  # training FLOPs per token (accounting's, at train.seq_len, head included)
+    peak: float | None  # one device's peak FLOP/s; None: no MFU
 
 
 def train(resolved: Resolved, options: Options = Options()) -> Summary:
@@ -97,6 +105,10 @@ def train(resolved: Resolved, options: Options = Options()) -> Summary:
 def _train(resolved: Resolved, options: Options, world: distributed.World, device: torch.device) -> Summary:
     t = resolved.spec.train
     batch = distributed.split_batch(t.micro_batch, t.grad_accum, world.size)  # before any work
+    if options.init_from is not None and options.resume is not None:
+        raise UserError("--init-from starts a new run from trained weights, --resume continues one: pick one")
+    if options.tensorboard:
+        events.require()
     if t.depth.per == "sequence" and t.parallel == "fsdp" and world.size > 1:
         raise UserError(  # FSDP gathers a block's weights on every rank at each call, together
             "train.depth.per: sequence runs each rank's own loop count; under FSDP every rank must run "
@@ -117,34 +129,52 @@ def _train_locked(
 ) -> Summary:
     """The run, once this process holds its folder."""
     spec, t = resolved.spec, resolved.spec.train
-    resume_from = _resume_path(run_dir, options.resume, announce=world.is_main)
+    resume_from = _resume_path(run_dir, options.resume, announce=world.is_main, init=options.init_from)
+    # everything that can refuse a resume before data is prepared does so here
+    saved = _check_resumable(resume_from, resolved.sha256) if resume_from is not None else None
+    start = saved["step"] if saved is not None else 0
+    stop = min(t.steps, options.until) if options.until is not None else t.steps
+    if resume_from is not None:
+        if options.resume != "auto":  # auto is the newest already
+            _check_one_line(run_dir, resume_from, start)
+        _check_stop(resume_from, start, t.steps, options.until)
+    source = None
+    if options.init_from is not None:  # refused before any data is prepared or file written
+        source = init_from.find(options.init_from, resolved, announce=world.is_main)
+    progress_mode = options.progress if world.is_main else "off"
+    if progress_mode != "off":
+        print(
+            opening_line(resolved, device, world.size, start, stop, options.init_from),
+            file=sys.stderr,
+            flush=True,
+        )
     cache_dir = options.cache_dir or default_cache_dir()
     tokenizer, splits = distributed.main_first(world, lambda: prepare_data(spec, cache_dir))
-    state = {
+    state: dict[str, Any] = {
         "architecture_sha256": resolved.sha256,
         "tokenizer": tokenizer.fingerprint if tokenizer is not None else None,
     }
-    # before model.py is rewritten: a refused resume leaves the run as it was
-    saved = _check_resumable(resume_from, state) if resume_from is not None else None
-    stop = min(t.steps, options.until) if options.until is not None else t.steps
+    if resume_from is not None and saved is not None:  # before model.py is rewritten: a refused
+        _check_same_tokens(resume_from, saved, state["tokenizer"])  # resume leaves the run as it was
+    _record_source(state, source, saved, world.is_main)
+    peak = options.peak_tflops * 1e12 if options.peak_tflops is not None else _device_peak(device)
+    weights = source.checkpoint if source is not None else None
+    run = _build_run(resolved, run_dir, world, device, batch, splits, state, weights, peak)
     if resume_from is not None and saved is not None:
-        if options.resume != "auto":  # auto is the newest already
-            _check_one_line(run_dir, resume_from, saved["step"])
-        _check_stop(resume_from, saved["step"], t.steps, options.until)
-    run = _build_run(resolved, run_dir, world, device, batch, splits, state)
-    start = 0
-    if resume_from is not None and saved is not None:
-        start = checkpoint.restore(resume_from, run.model, run.optimizer).step
+        checkpoint.restore(resume_from, run.model, run.optimizer)
         run.stream.load_state_dict(saved["data"])
     if world.is_main:
         _write_run_files(run, tokenizer)
-    metrics = rundir.Metrics(run_dir, start if resume_from is not None else None, world.is_main)
-    progress = _progress(options.progress and world.is_main, start, stop, spec.name)
+    resume_step = start if resume_from is not None else None
+    metrics = rundir.Metrics(run_dir, resume_step, world.is_main)
+    event_log = events.EventLog(run_dir, options.tensorboard and world.is_main, resume_step)
+    progress = Progress(progress_mode, start, stop, spec.name)
     wall0 = time.perf_counter()
     try:
-        loss, val_loss = _steps(run, start, stop, metrics, progress)
+        loss, val_loss = _steps(run, start, stop, (metrics, event_log, progress), progress)
     finally:
         progress.close()
+        event_log.close()
         metrics.close()
     wall = time.perf_counter() - wall0
     distributed.barrier(world)  # the last checkpoint is on disk before any rank reports done
@@ -161,10 +191,10 @@ def _finite(value: Any) -> float | None:
 
 
 def _steps(
-    run: _Run, start: int, stop: int, metrics: rundir.Metrics, progress: _progress
+    run: _Run, start: int, stop: int, sinks: tuple[Any, ...], progress: Progress
 ) -> tuple[float, float | None]:
     """Steps ``start`` to ``stop`` with what falls due after each; the last training and
-    validation losses."""
+    validation losses. Each metrics record goes to every one of ``sinks``."""
     tokens_per_step = run.resolved.spec.tokens_per_step
     loss, val_loss = float("nan"), None
     window_step, window_time = start, time.perf_counter()
@@ -179,7 +209,7 @@ def _steps(
         if depths:  # the loops each step computed, and the mean depth its sequences drew
             stats["depths"] = [d["depth"] for d in depths]
             stats["depth_mean"] = sum(d["depth_mean"] for d in depths) / len(depths)
-        logged, evaluated = _log_evaluate_checkpoint(run, metrics, done, stop, stats)
+        logged, evaluated = _log_evaluate_checkpoint(run, sinks, done, stop, stats)
         val_loss = evaluated if evaluated is not None else val_loss
         if logged:  # throughput windows leave out evaluation and checkpoint time
             window_step, window_time = done, time.perf_counter()
@@ -200,9 +230,10 @@ def _open_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _resume_path(run_dir: Path, resume: str | None, announce: bool) -> Path | None:
+def _resume_path(run_dir: Path, resume: str | None, announce: bool, init: str | None) -> Path | None:
     """The checkpoint to resume from: None for a fresh run, after refusing one that would
-    overwrite an existing run's checkpoints and metrics."""
+    overwrite an existing run's checkpoints and metrics (``init``: the --init-from a fresh run
+    names)."""
     if resume is None:
         found = None
     elif resume == "auto":
@@ -214,6 +245,10 @@ def _resume_path(run_dir: Path, resume: str | None, announce: bool) -> Path | No
     else:
         found = _explicit_checkpoint(resume)
     if found is None and checkpoint.list_checkpoints(run_dir):
+        if init is not None:
+            raise UserError(
+                f"{run_dir} already holds checkpoints; --init-from starts a new run: pass --out NEW"
+            )
         if resume is None:
             raise UserError(
                 f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or --out for a new run"
@@ -231,7 +266,7 @@ def _explicit_checkpoint(resume: str) -> Path:
     found = Path(resume)
     if not found.exists():
         raise UserError(f"--resume {resume}: no such checkpoint")
-    checkpoint.read_state(found)
+    checkpoint.check_whole(found)
     return found
 
 
@@ -248,20 +283,41 @@ def _check_one_line(run_dir: Path, resume_from: Path, step: int) -> None:
         )
 
 
-def _check_resumable(resume_from: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's saved state, once it was made by this architecture on these tokens."""
+def _check_resumable(resume_from: Path, architecture: str) -> dict[str, Any]:
+    """The checkpoint's saved state, once it was made by this architecture."""
     saved = checkpoint.read_state(resume_from)
     if not {"position", "n_windows"} <= saved.get("data", {}).keys():
         raise UserError(f"{resume_from}/state.json: corrupt checkpoint (no data position to resume from)")
-    if saved.get("architecture_sha256") != state["architecture_sha256"]:
+    if saved.get("architecture_sha256") != architecture:
         raise UserError(
             f"{resume_from}: checkpoint was made from a different spec (model or blocks differ); refusing to resume"
         )
-    if saved.get("tokenizer") != state["tokenizer"]:
+    return saved
+
+
+def _check_same_tokens(resume_from: Path, saved: dict[str, Any], tokenizer: str | None) -> None:
+    """Refuse to resume on tokens of another tokenizer or corpus (known once data is prepared)."""
+    if saved.get("tokenizer") != tokenizer:
         raise UserError(
             f"{resume_from}: checkpoint was trained with another tokenizer or corpus; refusing to resume"
         )
-    return saved
+
+
+def _record_source(
+    state: dict[str, Any], source: init_from.Source | None, saved: dict[str, Any] | None, announce: bool
+) -> None:
+    """Where the run's weights came from, kept in every checkpoint's state and env.json: the
+    checkpoint --init-from named, or on resume what the run recorded when it started."""
+    if source is not None:
+        state["init_from"] = source.record
+        if announce and source.record["tokenizer"] != state["tokenizer"]:
+            print(
+                f"note: --init-from {source.named}: trained with another tokenizer; "
+                "its token embeddings are reused by id",
+                file=sys.stderr,
+            )
+    elif saved is not None and "init_from" in saved:
+        state["init_from"] = saved["init_from"]
 
 
 def _check_stop(resume_from: Path, start: int, steps: int, until: int | None) -> None:
@@ -284,14 +340,19 @@ def _build_run(
     batch: tuple[int, int],
     splits: TokenSplits,
     state: dict[str, Any],
+    weights: Path | None,
+    peak: float | None,
 ) -> _Run:
     """The model from the run's generated ``model.py``, placed and compiled as the recipe asks,
-    with its optimizer and this rank's batches (``batch``: its micro-batch size and count per step)."""
+    with its optimizer and this rank's batches (``batch``: its micro-batch size and count per step).
+    ``weights``: a checkpoint whose weights replace the initial ones (--init-from)."""
     spec, t = resolved.spec, resolved.spec.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     module, _ = distributed.main_first(world, lambda: compiled_module(resolved, run_dir, rundir.MODEL))
     state["model_sha256"] = rundir.model_sha256(run_dir)  # eval and sample run only this file
     model = module.Model()
+    if weights is not None:  # before placing or sharding: every rank loads the whole model
+        checkpoint.load_weights(weights, model)
     if t.compile == "blocks":  # before sharding, so FSDP's hooks stay outside the compiled blocks
         compile_model(model, "blocks", t.compile_mode)
     model = distributed.wrap(model, world, device, t.parallel)
@@ -303,16 +364,36 @@ def _build_run(
     ctx = autocast(spec, device)
     plan = schedule(spec)
     depth = DepthDraws(plan, t.seed) if plan is not None and not plan.fixed else None
+    flops = train_flops_per_token(resolved)
     return _Run(
-        resolved, run_dir, world, device, ctx, model, compiled, optimizer, stream, val, accum, state, depth
+        resolved,
+        run_dir,
+        world,
+        device,
+        ctx,
+        model,
+        compiled,
+        optimizer,
+        stream,
+        val,
+        accum,
+        state,
+        depth,
+        flops,
+        peak,
     )
+
+
+def _device_peak(device: torch.device) -> float | None:
+    """The peak FLOP/s of a GPU the table knows; None on a CPU (pass --peak-tflops for an MFU)."""
+    return peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def _write_run_files(run: _Run, tokenizer: Tokenizer | None) -> None:
     rundir.write_spec(run.run_dir, run.resolved)
     if tokenizer is not None:
         tokenizer.save(run.run_dir / rundir.TOKENIZER)
-    rundir.write_env(run.run_dir, run.resolved.path, machine(run.device))
+    rundir.write_env(run.run_dir, run.resolved.path, machine(run.device), run.state.get("init_from"))
 
 
 # ----------------------------------------------------------------------------- each step
@@ -359,20 +440,24 @@ def _depth_record(run: _Run, step: int) -> dict[str, Any]:
 
 
 def _log_evaluate_checkpoint(
-    run: _Run, metrics: rundir.Metrics, done: int, stop: int, stats: dict[str, float]
+    run: _Run, sinks: tuple[Any, ...], done: int, stop: int, stats: dict[str, Any]
 ) -> tuple[bool, float | None]:
     """What falls due after step ``done`` (and everything after the last one): a metrics line,
     a validation loss, a checkpoint. Returns whether a line was written, and the loss if evaluated."""
     t = run.resolved.spec.train
     record: dict[str, Any] = {}
     if done % t.log_interval == 0 or done == stop:
-        record = {"step": done, **stats, **module_stats(run.model)}
+        usage = {
+            "mfu": mfu(stats["tokens_per_s"], run.flops_per_token, run.peak, run.world.size),
+            "peak_memory_mb": peak_memory_mb(run.device),
+        }
+        record = {"step": done, **stats, **usage, **module_stats(run.model)}
     val_loss = None
     if done % t.eval.interval == 0 or done == stop:
         val_loss = evaluate(run.compiled, run.val, run.device, run.ctx, world=run.world)
         record.update({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
-    if record:
-        metrics.write(record)
+    for sink in sinks if record else ():
+        sink.write(record)
     if done % t.checkpoint.interval == 0 or done == stop:
         payload = {**run.state, "data": run.stream.state_dict(), "loss": stats["loss"]}
         checkpoint.save(
@@ -418,34 +503,3 @@ def _clip(model: nn.Module, max_norm: float | None) -> float:
     else:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
-class _progress:
-    """A rich progress bar (step, loss, tokens/s, ETA); silent when disabled."""
-
-    def __init__(self, enabled: bool, start: int, stop: int, name: str):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn(f"[bold]{name}[/bold]"),
-            BarColumn(),
-            TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("{task.fields[tps]:,.0f} tok/s"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("train", total=stop, completed=start, loss=float("nan"), tps=0.0)
-
-    def update(self, done: int, loss: float, tps: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, loss=loss, tps=tps)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -8,7 +8,10 @@ A run folder holds everything needed to read, resume, evaluate or sample a run l
     env.json         versions and device
     metrics.jsonl    one JSON object per logged step
     checkpoints/step_NNNNNNN/   model, optimizer and RNG safetensors plus state.json
+    tensorboard/     TensorBoard event files of the metrics (with --tensorboard)
     .lock            held by the one training that writes the folder (pid and host inside)
+
+Every file gets the permissions the umask gives (a group can read a run on a shared disk).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ TOKENIZER = "tokenizer.json"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
 LOCK = ".lock"
 MAX_MODEL_BYTES = 1 << 24  # a generated model.py is tens of kB
 MAX_ENV_BYTES = 1 << 20
@@ -74,7 +78,7 @@ def locked(run_dir: Path) -> Iterator[None]:
         return
     path = run_dir / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
         raise UserError(f"{run_dir}: cannot write to the run directory ({reason(e)})") from None
     try:
@@ -173,15 +177,19 @@ def _rendered(resolved: Resolved) -> bytes:
 # ----------------------------------------------------------------------------- env.json
 
 
-def write_env(run_dir: Path, spec_file: Path, machine: dict[str, Any]) -> None:
+def write_env(
+    run_dir: Path, spec_file: Path, machine: dict[str, Any], init_from: dict[str, Any] | None = None
+) -> None:
     """Versions and where the spec came from; ``machine`` adds torch's version and the device,
-    which only the caller can know without this module importing torch."""
+    which only the caller can know without this module importing torch. ``init_from``: the
+    checkpoint whose weights the run started from (--init-from)."""
     env = {
         "cartspec": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         **machine,
         "spec_file": str(spec_file),
+        **({"init_from": init_from} if init_from is not None else {}),
     }
     write_atomic(run_dir / ENV, json.dumps(env, indent=2))
 

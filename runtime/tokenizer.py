@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tokenizers import Tokenizer as HFTokenizerCore
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -21,7 +21,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from cartspec.files import Unreadable, read_bounded
 
 from .atomic import write_atomic
-from .data import DataError, corpus_fingerprint
+from .corpus import DataError
+
+if TYPE_CHECKING:
+    from .corpus import Corpus
 
 BOS, EOS = "<|bos|>", "<|eos|>"
 BOS_NAMES = (BOS, "<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>", "[CLS]")
@@ -119,16 +122,43 @@ class ByteTokenizer:
         write_atomic(Path(path), self._json)
 
 
-def train_bpe(documents: Sequence[str], vocab_size: int) -> HFTokenizer:
+def tokenizers_core(tokenizer: Tokenizer) -> HFTokenizerCore:
+    """A fresh ``tokenizers.Tokenizer`` that encodes and decodes text as ``tokenizer`` does, for
+    tools that read a ``tokenizer.json`` (an export): the HF one copied, raw bytes as a byte-level
+    BPE without merges whose symbol for byte b has id b."""
+    if isinstance(tokenizer, HFTokenizer):
+        return HFTokenizerCore.from_str(tokenizer._json)
+    if not isinstance(tokenizer, ByteTokenizer):
+        raise TypeError(f"no tokenizer.json form for {type(tokenizer).__name__}")
+    vocab = {symbol: b for b, symbol in enumerate(_byte_symbols())}
+    core = HFTokenizerCore(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([BOS, EOS])  # ids 256 and 257, after the bytes
+    return core
+
+
+def _byte_symbols() -> list[str]:
+    """The character byte-level BPE writes for each byte value: printable Latin-1 bytes stand for
+    themselves, the others (controls, space, ...) take the code points from 256 on, in order."""
+    printable = {
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    }
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
+def train_bpe(documents: Iterable[str], vocab_size: int) -> HFTokenizer:
     """Train a byte-level BPE (BOS = 0, EOS = 1, then the 256 byte symbols, then merges).
 
+    ``documents`` is consumed as a stream (the trainer keeps word counts, not the text).
     Deterministic: the same documents give a byte-identical ``tokenizer.json``. A corpus too
     small for ``vocab_size`` merges yields a smaller vocabulary.
     """
     if vocab_size < _MIN_BPE_VOCAB:
         raise DataError(f"BPE vocab_size must be >= {_MIN_BPE_VOCAB} (256 bytes + BOS/EOS)")
-    if not documents:
-        raise DataError("cannot train a BPE tokenizer on an empty corpus")
     core = HFTokenizerCore(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -138,7 +168,17 @@ def train_bpe(documents: Sequence[str], vocab_size: int) -> HFTokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(documents, trainer=trainer, length=len(documents))
+    fed = 0
+
+    def counted() -> Iterator[str]:
+        nonlocal fed
+        for doc in documents:
+            fed += 1
+            yield doc
+
+    core.train_from_iterator(counted(), trainer=trainer)
+    if not fed:
+        raise DataError("cannot train a BPE tokenizer on an empty corpus")
     return HFTokenizer(core, origin="trained BPE")
 
 
@@ -169,13 +209,13 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
 
 def build_tokenizer(
     kind: str,
-    documents: Sequence[str] | None = None,
+    corpus: Corpus | None = None,
     vocab_size: int | None = None,
     path: str | Path | None = None,
     cache_dir: Path | None = None,
 ) -> Tokenizer:
-    """The tokenizer a run asks for: ``"bpe"`` (trained on ``documents``, cached under
-    ``cache_dir/tokenizers`` by corpus fingerprint and vocab size; ``cache_dir=None`` trains
+    """The tokenizer a run asks for: ``"bpe"`` (trained on ``corpus``, cached under
+    ``cache_dir/tokenizers`` by the corpus signature and vocab size; ``cache_dir=None`` trains
     without caching), ``"file"`` (``path`` to a tokenizer.json) or ``"bytes"``."""
     if kind == "bytes":
         return ByteTokenizer()
@@ -185,17 +225,16 @@ def build_tokenizer(
         return load_tokenizer_file(path)
     if kind != "bpe":
         raise DataError(f"unknown tokenizer kind {kind!r}; expected 'bpe', 'file' or 'bytes'")
-    if documents is None or vocab_size is None:
-        raise DataError("tokenizer kind 'bpe' needs the training documents and a vocab_size")
+    if corpus is None or vocab_size is None:
+        raise DataError("tokenizer kind 'bpe' needs the training corpus and a vocab_size")
     if cache_dir is None:
-        return train_bpe(documents, vocab_size)
-    name = f"{_BPE_RECIPE}-{vocab_size}-{corpus_fingerprint(documents)[:16]}.json"
-    cached = Path(cache_dir) / "tokenizers" / name
+        return train_bpe(corpus.documents(), vocab_size)
+    cached = Path(cache_dir) / "tokenizers" / f"{_BPE_RECIPE}-{vocab_size}-{corpus.signature[:16]}.json"
     if cached.is_file():
         try:
             return load_tokenizer_file(cached)
         except DataError:
             pass  # a damaged cache entry is simply retrained and overwritten
-    tokenizer = train_bpe(documents, vocab_size)
+    tokenizer = train_bpe(corpus.documents(), vocab_size)
     tokenizer.save(cached)
     return tokenizer

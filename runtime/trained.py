@@ -20,6 +20,8 @@ class TrainedRun:
     resolved: Resolved
     model: nn.Module  # in eval mode, on the device asked for
     tokenizer: Tokenizer | None  # None: .bin data without a tokenizer
+    source: bytes  # model.py as checked and run
+    checkpoint: Path  # the checkpoint whose weights the model holds
 
 
 def load_run(run_dir: Path, device: torch.device) -> TrainedRun:
@@ -37,4 +39,4 @@ def load_run(run_dir: Path, device: torch.device) -> TrainedRun:
     model.eval()
     tok_path = run_dir / rundir.TOKENIZER
     tokenizer = load_tokenizer_file(tok_path) if tok_path.is_file() else None
-    return TrainedRun(resolved, model, tokenizer)
+    return TrainedRun(resolved, model, tokenizer, source, newest)

@@ -53,6 +53,19 @@ def cli() -> Callable[..., CliResult]:
     return run_cli_in_process
 
 
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token cache for the runs of a test module."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cartspec_cache(token_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$CARTSPEC_CACHE set to the module's token cache, where the in-process CLI finds it."""
+    monkeypatch.setenv("CARTSPEC_CACHE", str(token_cache))
+    return token_cache
+
+
 def write_text(directory: Path, text: str, name: str = "spec.yaml") -> Path:
     """Write ``text`` (dedented, leading newline dropped) as ``directory/name``; return its path.
 
@@ -96,3 +109,38 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_run("cart" | "dense") -> Path``: a finished 20-step run, trained once per session on a
+    small generated corpus: ``cart`` is cart_tiny shrunk, on raw bytes; ``dense`` is dense_tiny
+    shrunk, with a BPE tokenizer (vocabulary smaller than the model's). Copy it before changing it."""
+    import random
+
+    from gen_helpers import CART_TINY, DENSE_TINY
+    from test_train_cli import TINY
+
+    from cartspec.resolve import resolve
+    from cartspec.runtime.loop import Options, train
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    rng = random.Random(0)
+    words = ["and", "the", "lord", "said", "unto", "him", "in", "that", "day", "of", "light"]
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(200)))
+    recipes = {"cart": (CART_TINY, []), "dense": (DENSE_TINY, ["train.data.tokenizer=bpe"])}
+    done: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in done:
+            spec, extra = recipes[kind]
+            out = root / kind
+            sets = [*TINY, f"train.data.source={corpus}", *extra]
+            train(
+                resolve(spec, sets), Options(out=out, device="cpu", cache_dir=root / "cache", progress=False)
+            )
+            done[kind] = out
+        return done[kind]
+
+    return get

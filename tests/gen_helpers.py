@@ -34,6 +34,27 @@ BYTES_CART_SETS = [
     "train.data.tokenizer=bytes",
 ]
 
+# BYTES_CART_SETS with a short recipe: evaluation and logging every few steps.
+SHORT_RECIPE = [
+    *BYTES_CART_SETS,
+    "train.micro_batch=4",
+    "train.schedule.warmup=2",
+    "train.eval.batches=4",
+    "train.log_interval=2",
+]
+
+
+def word_corpus(folder: Path, seed: int = 0, paragraphs: int = 100) -> Path:
+    """A small .txt corpus of random words in paragraphs (documents): tokenized in a blink."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["and", "the", "lord", "said", "unto", "him", "in", "that", "day", "of", "light"]
+    path = folder / f"corpus{seed}.txt"
+    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(paragraphs)))
+    return path
+
+
 SHIPPED = sorted(
     p.relative_to(ROOT).as_posix()
     for p in SPECS.rglob("*.yaml")
@@ -217,3 +238,20 @@ def count_parameter_uses(model: nn.Module, *args, **kwargs) -> int:
 def tokens(batch: int, seq: int, vocab: int, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+
+
+def assert_clean_error(result: tuple[int, str, str], *fragments: str) -> str:
+    """Exit code 2, exactly one line on stderr that names the problem, and no traceback anywhere.
+    A problem found once the run has started (data prepared, steps trained) follows the run's
+    opening line and progress lines, which stderr gets when it is not a terminal."""
+    rc, out, err = result
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err
+    lines = [
+        line for line in err.strip().splitlines() if not line.startswith(("cart_tiny: ", "cart_tiny step "))
+    ]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -143,7 +143,7 @@ def assert_complete(path: Path) -> None:
 def train_in_process(sets: list[str], out: Path, cache: Path, **options) -> None:
     train(
         resolve(CART_TINY, sets),
-        Options(out=out, device="cpu", cache_dir=cache, progress=False, **options),
+        Options(out=out, device="cpu", cache_dir=cache, progress="off", **options),
     )
 
 

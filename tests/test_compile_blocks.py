@@ -208,7 +208,7 @@ def test_training_with_compiled_blocks_follows_eager_and_saves_eager_names(tmp_p
     def run(name: str, scope: str) -> list[float]:
         resolved = resolve(CART_TINY, [*TRAIN_TINY, f"train.compile={scope}"])
         options = loop.Options(
-            out=tmp_path / name, device="cpu", cache_dir=tmp_path / "cache", progress=False
+            out=tmp_path / name, device="cpu", cache_dir=tmp_path / "cache", progress="off"
         )
         loop.train(resolved, options)
         return [

@@ -181,7 +181,7 @@ def run(corpus: Path, out: Path, cache: Path, extra=(), **options) -> list[dict]
     try:
         train(
             resolve(CART_TINY, sets),
-            Options(out=out, device="cpu", cache_dir=cache, progress=False, **options),
+            Options(out=out, device="cpu", cache_dir=cache, progress="off", **options),
         )
     finally:
         torch.set_num_threads(before)

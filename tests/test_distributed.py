@@ -67,7 +67,7 @@ def one_process(run: Path, sets: list[str], cache: Path, resume: str | None = No
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        options = Options(out=run, resume=resume, device="cpu", cache_dir=cache, progress=False)
+        options = Options(out=run, resume=resume, device="cpu", cache_dir=cache, progress="off")
         train(resolve(CART_TINY, [*TINY, *sets]), options)
     finally:
         torch.set_num_threads(before)

@@ -75,7 +75,7 @@ def unigram_entropy(spec_path: Path, cache: Path) -> float:
 
 
 def learn(spec_path: Path, out: Path, cache: Path) -> Summary:
-    return train(resolve(spec_path, LEARN), Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    return train(resolve(spec_path, LEARN), Options(out=out, device="cpu", cache_dir=cache, progress="off"))
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +338,7 @@ def test_gradient_accumulation_averages_over_the_global_batch(tmp_path):
         out = tmp_path / f"run{i}"
         train(
             resolve(CART_TINY, [*base, *sets]),
-            Options(out=out, device="cpu", cache_dir=tmp_path / "cache", progress=False),
+            Options(out=out, device="cpu", cache_dir=tmp_path / "cache", progress="off"),
         )
         records.append(next(r for r in map(json.loads, (out / "metrics.jsonl").open()) if "loss" in r))
     one, accumulated = records

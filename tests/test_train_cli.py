@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from gen_helpers import BYTES_CART_SETS
+from gen_helpers import BYTES_CART_SETS, assert_clean_error, word_corpus
 from safetensors.torch import load_file
 
 from cartspec.resolve import resolve
@@ -54,19 +53,14 @@ def cache_env(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """TINY on a small generated corpus (two hundred paragraphs)."""
-    rng = random.Random(0)
-    words = ["and", "the", "lord", "said", "unto", "him", "in", "that", "day", "of", "light"]
-    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(50)) for _ in range(200))
-    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    corpus.write_text(text)
-    return [*TINY, f"train.data.source={corpus}"]
+    return [*TINY, f"train.data.source={word_corpus(tmp_path_factory.mktemp('corpus'), paragraphs=200)}"]
 
 
 @pytest.fixture(scope="module")
 def trained(sets: list[str], cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 20-step run with checkpoints at steps 10 and 20. Copy it before changing it."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    train(resolve(CART_TINY, sets), Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    train(resolve(CART_TINY, sets), Options(out=out, device="cpu", cache_dir=cache, progress="off"))
     assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step_0000010", "step_0000020"]
     return out
 
@@ -79,19 +73,6 @@ def run(trained: Path, tmp_path: Path) -> Path:
 
 def cli_args(sets: list[str]) -> list[str]:
     return [f"--set={s}" for s in sets]
-
-
-def assert_clean_error(result: tuple[int, str, str], *fragments: str) -> str:
-    """Exit code 2, exactly one line on stderr that names the problem, and no traceback anywhere."""
-    rc, out, err = result
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def truncate(path: Path) -> None:
@@ -206,7 +187,7 @@ def test_eval_uses_the_runs_own_tokenizer_after_the_corpus_changed(cli, sets, ca
     corpus.write_text(original)
     bpe = [*sets, f"train.data.source={corpus}", "train.data.tokenizer=bpe", "train.steps=10"]
     out = tmp_path / "bpe"
-    summary = train(resolve(CART_TINY, bpe), Options(out=out, device="cpu", cache_dir=cache, progress=False))
+    summary = train(resolve(CART_TINY, bpe), Options(out=out, device="cpu", cache_dir=cache, progress="off"))
     n_docs = original.count("\n\n") + 1
     extra = 9 if round((n_docs + 9) * 0.05) == round(n_docs * 0.05) else 1  # keep the same held-out documents
     corpus.write_text("\n\n".join(["xq zv " * 400] * extra) + "\n\n" + original)
@@ -237,9 +218,12 @@ def test_resume_auto_falls_back_past_a_corrupt_newest_checkpoint(cli, sets, run,
     assert checkpoint.newest_valid(run).name == "step_0000010"
     rc, _, err = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", "auto")
     assert rc == 0, err
-    assert err.splitlines() == [
+    warning, opening, *progress = err.splitlines()  # then the run's opening line and its progress
+    assert warning == (
         f"warning: {run / 'checkpoints/step_0000020'} does not read back whole; resuming from step_0000010"
-    ]
+    )
+    assert "then training steps 11 to 20 of" in opening
+    assert [line.split()[2] for line in progress] == [f"{step}/20" for step in range(11, 21)]
     good = load_file(str(trained / "checkpoints/step_0000020/model.safetensors"))
     redone = load_file(str(run / "checkpoints/step_0000020/model.safetensors"))
     assert good.keys() == redone.keys()
@@ -288,7 +272,7 @@ def test_a_checkpoint_of_another_spec_is_refused(cli, sets, run, cache, tmp_path
     wider = [*sets, "model.d_model=48", "train.steps=10"]
     train(
         resolve(CART_TINY, wider),
-        Options(out=tmp_path / "wider", device="cpu", cache_dir=cache, progress=False),
+        Options(out=tmp_path / "wider", device="cpu", cache_dir=cache, progress="off"),
     )
     foreign = tmp_path / "wider/checkpoints/step_0000010"
     result = cli("train", str(CART_TINY), *cli_args(sets), "--out", str(run), "--resume", str(foreign))

@@ -51,7 +51,7 @@ def _cache_context(arch: Architecture) -> dict:
         "lines": lines,
         "looped": core is not None,
         "anchor_once": anchor is not None and anchor.recompute == "never",
-        "decodable": all(a.causal for a in arch.attentions),
+        "decodable": arch.decodable,
     }
 
 

@@ -175,7 +175,7 @@ class _Session:
         t0 = time.perf_counter()
         try:
             summary = train(
-                c.resolved, Options(out=run_dir, resume="auto", device=self.device, progress=False)
+                c.resolved, Options(out=run_dir, resume="auto", device=self.device, progress="off")
             )
             wall = before + time.perf_counter() - t0
             if counts:
