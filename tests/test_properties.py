@@ -409,12 +409,13 @@ def flop_counter_view(spec: dict, report) -> int:
     layer_uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
     core = blocks.get("core")
     loop_control = visible = 0
-    latent_norms = sum(  # DeepSeek MLA's norms on its latents, per layer use
-        2 * widths * (b["attention"]["q_rank"] + b["attention"]["kv_rank"]) * T * n
-        for b, n in [(blocks[s], blocks[s]["layers"]) for s in ("stack", "prelude", "coda") if s in blocks]
-        + ([(core, core.get("layers", 1) * core["loops"])] if core else [])
-        if b["attention"]["kind"] == "deepseek_mla"
-    )
+    uses = [(blocks[s], blocks[s]["layers"]) for s in ("stack", "prelude", "coda") if s in blocks]
+    uses += [(core, core.get("layers", 1) * core["loops"])] if core else []
+    latent_norms = 0  # DeepSeek MLA's norms on its two latents, per layer use
+    for block, n in uses:
+        a = block["attention"]
+        if a["kind"] == "deepseek_mla":
+            latent_norms += n * 2 * widths * (a["q_rank"] + a["kv_rank"]) * T
     if core is not None:
         loops = core["loops"]
         layer_uses += core.get("layers", 1) * loops

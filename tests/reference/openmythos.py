@@ -375,14 +375,11 @@ def reference_name(generated: str) -> str:
 def load_generated(model: MythosReference, state_dict: dict[str, torch.Tensor]) -> None:
     """Load a generated OpenMythos-shaped model's state_dict: every generated tensor lands on exactly one
     reference tensor, and every reference tensor is filled."""
-    tensors = {reference_name(k): v for k, v in state_dict.items() if not k.endswith(_BUFFER_SUFFIXES)}
+    generated = [k for k in state_dict if not k.endswith(_BUFFER_SUFFIXES)]
+    tensors = {reference_name(k): state_dict[k] for k in generated}
     expected = model.state_dict().keys()
     unknown, absent = sorted(tensors.keys() - expected), sorted(expected - tensors.keys())
-    if (
-        unknown
-        or absent
-        or len(tensors) != len(state_dict) - sum(k.endswith(_BUFFER_SUFFIXES) for k in state_dict)
-    ):
+    if unknown or absent or len(tensors) != len(generated):  # two generated names on one reference name
         raise KeyError(
             f"generated names not in the reference: {unknown}; reference names not generated: {absent}"
         )
