@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from cartspec.graph import ModelGraph
 from cartspec.schedule import schedule
 
-EMBEDDING_KINDS = ("embedding", "head")
+EMBEDDING_KINDS = ("embedding", "value_embedding", "head")  # lookup tables and the head
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from cartspec.components.attention import Attention
 from cartspec.components.ffn import FFN
 from cartspec.components.loop import LoopPart
 from cartspec.components.moe import MoE
+from cartspec.components.norm import NORMS_PER_LAYER
+from cartspec.components.values import GatedValueEmbedding
 from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
 
 LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the order they may run
@@ -23,11 +25,18 @@ LAYER_STAGES = ("stack", "prelude", "coda")  # runs of identical layers, in the 
 
 @dataclass(frozen=True)
 class Stage:
-    """A run of identical pre-norm layers (stack, prelude or coda), its attention resolved."""
+    """A run of identical layers (stack, prelude or coda), its attention and norm placement resolved."""
 
     name: str
     layers: int
     attention: Attention
+    placement: str  # pre | sandwich
+    values: GatedValueEmbedding | None = None  # value-embedding tables of some layers
+    output_norm: bool = False  # a norm on the stage's output
+
+    def gated(self, i: int) -> bool:
+        """Layer i reads a value-embedding table through its gate."""
+        return self.values is not None and i in self.values.layers
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Architecture:
     rope_style: str  # half or interleaved (one table serves every RoPE block)
     stages: tuple[Stage, ...]  # stack, or prelude then coda (the core runs between them)
     anchor: Anchor | None
-    core: Core | None  # its attention resolved
+    core: Core | None  # its attention and norm placement resolved
 
     @property
     def name(self) -> str:
@@ -76,23 +85,49 @@ class Architecture:
         """Every attention causal: the model decodes token by token with a KV cache."""
         return all(a.causal for a in self.attentions)
 
-    def layer_parts(self, attention: Attention, ffn: FFN | MoE | None = None) -> dict[str, int]:
-        """Parameters of one pre-norm layer: attention, FFN (the model's unless given) and its two norms."""
+    def layer_parts(
+        self,
+        attention: Attention,
+        placement: str,
+        values: GatedValueEmbedding | None = None,
+        ffn: FFN | MoE | None = None,
+    ) -> dict[str, int]:
+        """Parameters of one layer: attention, FFN (the model's unless given) and its norms (two
+        pre-norm, four sandwich), and the gate of its value embedding when ``values`` is given."""
         m = self.model
-        return {
+        parts = {
             "attn": attention.params(m),
             "ffn": (ffn or m.ffn).params(m.d_model),
-            "norms": 2 * m.norm.params(m.d_model),
+            "norms": NORMS_PER_LAYER[placement] * m.norm.params(m.d_model),
         }
+        if values is not None:
+            parts["value_gate"] = values.gate_params(attention.size(m))
+        return parts
 
-    def layer_flops(self, attention: Attention, ffn: FFN | MoE | None = None) -> int:
-        """Forward FLOPs per sequence of one layer (a mixture of experts: its top-k experts only)."""
+    def layer_flops(
+        self,
+        attention: Attention,
+        placement: str,
+        values: GatedValueEmbedding | None = None,
+        ffn: FFN | MoE | None = None,
+    ) -> int:
+        """Forward FLOPs per sequence of one layer (a table lookup costs none; its gate does;
+        a mixture of experts: its top-k experts only)."""
         m, T = self.model, self.model.max_seq_len
-        return attention.flops(m, T) + (ffn or m.ffn).flops(m.d_model, T) + 2 * m.norm.flops(m.d_model, T)
+        norms = NORMS_PER_LAYER[placement] * m.norm.flops(m.d_model, T)
+        gate = 2 * values.gate_params(attention.size(m)) * T if values is not None else 0
+        return attention.flops(m, T) + (ffn or m.ffn).flops(m.d_model, T) + norms + gate
 
     def layer_inactive(self, ffn: FFN | MoE | None) -> int:
         """Parameters of one layer that a token does not touch: the routed experts it did not choose."""
         return ffn.params(self.model.d_model) - ffn.active(self.model.d_model) if isinstance(ffn, MoE) else 0
+
+    def value_stages(self) -> list[tuple[str, GatedValueEmbedding, int]]:
+        """(stage, its value embedding, K/V heads) of every stage with tables, core included."""
+        stages = [(s.name, s.values, s.attention) for s in self.stages]
+        if self.core is not None:
+            stages.append(("core", self.core.value_embedding, self.core.attention))
+        return [(name, v, a.size(self.model)) for name, v, a in stages if v is not None]
 
     def shareable(self) -> dict[str, tuple]:
         """Every module a ``share:`` group may name, with its structure: members of one group
@@ -100,12 +135,17 @@ class Architecture:
         out: dict[str, tuple] = {}
         for stage in self.stages:
             for i in range(stage.layers):
-                out[f"{stage.name}.{i}"] = ("layer", _structure(stage.attention))
+                structure = _structure(stage.attention)
+                out[f"{stage.name}.{i}"] = ("layer", structure, stage.placement, stage.gated(i))
         c = self.core
         if c is not None:
-            signature = ("core", c.layers, _structure(c.attention))
+            gates = tuple(c.value_embedding.layers) if c.value_embedding else ()
+            signature = ("core", c.layers, _structure(c.attention), c.norm_placement, gates)
             for module in ["core"] if c.shared else [f"core.{r}" for r in range(c.loops)]:
                 out[module] = signature
+            if c.out_norm:
+                out["core_out_norm"] = ("norm",)
+        out["norm"] = ("norm",)  # the final norm
         return out
 
     def loop_parts(self) -> list[LoopPart]:
@@ -120,7 +160,10 @@ class Architecture:
         """Every module with parameters of its own before sharing: the graph's sharing groups."""
         names = {"embedding", "norm", *self.shareable()}
         names |= {"anchor"} if self.anchor else set()
+        names |= {f"{stage}_values" for stage, _, _ in self.value_stages()}
+        names |= {f"{s.name}_norm" for s in self.stages if s.output_norm}
         names |= {p.attribute for p in self.loop_parts() if p.attribute}
+        names |= {"readout"} if self.core is not None and self.core.readout is not None else set()
         names |= set() if self.model.tie_embeddings else {"head"}
         return names
 
@@ -133,11 +176,23 @@ def resolve_architecture(spec: Spec) -> Architecture:
     """The spec's architecture with every default size made concrete (the spec passed the checks)."""
     m, b = spec.model, spec.blocks
     stages = tuple(
-        Stage(name, stack.layers, stack.attention.resolved(m))
+        Stage(
+            name,
+            stack.layers,
+            stack.attention.resolved(m),
+            stack.norm_placement or m.norm.placement,
+            stack.value_embedding,
+            stack.output_norm,
+        )
         for name in LAYER_STAGES
         if (stack := getattr(b, name)) is not None
     )
-    core = b.core.model_copy(update={"attention": b.core.attention.resolved(m)}) if b.core else None
+    core = None
+    if b.core is not None:
+        placement = b.core.norm_placement or m.norm.placement
+        core = b.core.model_copy(
+            update={"attention": b.core.attention.resolved(m), "norm_placement": placement}
+        )
     roped = [a for a in [s.attention for s in stages] + ([core.attention] if core else []) if a.rope]
     return Architecture(
         spec=spec,

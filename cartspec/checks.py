@@ -161,8 +161,12 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
         if node is not None:
             at = ("blocks", block, "attention")
             problems += [((*at, *sub), message) for sub, message in node.attention.problems(m)]
+            if node.value_embedding is not None:
+                found = node.value_embedding.problems(m, node.layers, node.attention.kind)
+                problems += [(("blocks", block, "value_embedding", *sub), msg) for sub, msg in found]
     if spec.blocks.anchor is not None:
         problems += [(("blocks", "anchor", *sub), msg) for sub, msg in spec.blocks.anchor.problems(m)]
+    problems += [(("model", "ffn", *sub), msg) for sub, msg in m.ffn.problems()]
     if spec.blocks.core is not None and spec.blocks.core.ffn is not None:
         problems += [(("blocks", "core", "ffn", *sub), msg) for sub, msg in spec.blocks.core.ffn.problems()]
     if problems:
@@ -233,6 +237,10 @@ def _rough_stored(spec: Spec) -> int:
         copies = 1 if b.core.shared else b.core.loops
         core_layer = layer + (b.core.ffn.params(m.d_model) - m.ffn.params(m.d_model) if b.core.ffn else 0)
         total += copies * b.core.layers * (core_layer + b.core.attention.params(m))
+    for block in ("stack", "prelude", "core", "coda"):  # value-embedding tables: a vocabulary each
+        node = getattr(b, block)
+        if node is not None and node.value_embedding is not None:
+            total += node.value_embedding.table_params(m, node.attention.size(m))
     return total
 
 
@@ -280,6 +288,15 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"cross attention to '{core.attention.to}', but the spec defines no such anchor (blocks.anchor)",
             )
         )
+    if core.gate is not None and core.gate.takes_update:
+        at = ("blocks", "core", "norm_placement") if core.norm_placement else ("model", "norm", "placement")
+        if (core.norm_placement or spec.model.norm.placement) == "sandwich":
+            problems.append(
+                (
+                    at,
+                    "a sandwich core renormalises its output, so it has no update delta for the contractive gate",
+                )
+            )
     le = core.loop_embedding
     if le is not None and le.rows is not None and le.rows < core.loops:
         problems.append(
@@ -288,12 +305,14 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"{le.max_loops} rows cannot index {core.loops} loops",
             )
         )
-    if core.init_state.kind != "prelude" and core.inject is None and not core.attention.reads_anchor:
+    # an anchor recomputed from each loop's input sees only the loop's state, never the tokens
+    frozen_anchor = core.attention.reads_anchor and anchor is not None and anchor.recompute == "never"
+    if core.init_state.kind != "prelude" and core.inject is None and not frozen_anchor:
         problems.append(
             (
                 ("blocks", "core", "init_state", "kind"),
                 f"a loop starting from {core.init_state.kind} never reads the input tokens: "
-                "add blocks.core.inject or cross-attend to an anchor",
+                "add blocks.core.inject or cross-attend to an anchor computed once",
             )
         )
 

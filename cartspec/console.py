@@ -56,7 +56,7 @@ def print_params(report: ParamReport) -> None:
         ("active", report.active, "touched per token (MoE: top-k + shared experts)"),
         ("effective", report.effective, "size x calls per forward: the unrolled network"),
         ("effective (paper)", report.effective_paper, "the CART author's count_parameters()"),
-        ("embedding", report.embedding, "vocab x d (once when tied)"),
+        ("embedding", report.embedding, "vocab x d (once when tied), value-embedding tables"),
         ("non-embedding", report.non_embedding, "stored - embedding"),
     ]
     for label, value, note in rows:

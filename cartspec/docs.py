@@ -59,6 +59,7 @@ class Shape:
     models: tuple[type[BaseModel], ...]  # several: a union selected by ``kind``
     listed: bool  # a list of ``models``
     scalar: Any  # the annotation when it holds no model
+    alternatives: tuple[tuple[Any, FieldInfo | None], ...] = ()  # a union of scalars, each with its bounds
 
 
 def spec_reference_markdown() -> str:
@@ -121,12 +122,19 @@ def _key(name: str, field: FieldInfo) -> str:
 
 def _shape(annotation: Any) -> Shape:
     nullable, models, listed, scalar = False, [], False, annotation
+    alternatives: list[tuple[Any, FieldInfo | None]] = []
     pending = [annotation]
     while pending:
         a = pending.pop(0)
         origin = typing.get_origin(a)
         if origin is typing.Annotated:
-            pending.insert(0, typing.get_args(a)[0])
+            inner, *meta = typing.get_args(a)
+            bounds = next((m for m in meta if isinstance(m, FieldInfo)), None)
+            if bounds is not None and typing.get_origin(inner) is None and not _is_model(inner):
+                scalar = inner
+                alternatives.append((inner, bounds))
+                continue
+            pending.insert(0, inner)
         elif origin in (typing.Union, types.UnionType):
             pending[:0] = list(typing.get_args(a))
         elif a is type(None):
@@ -138,7 +146,8 @@ def _shape(annotation: Any) -> Shape:
             models.append(a)
         else:
             scalar = a
-    return Shape(nullable, tuple(models), listed, None if models else scalar)
+            alternatives.append((a, None))
+    return Shape(nullable, tuple(models), listed, None if models else scalar, tuple(alternatives))
 
 
 def _is_model(a: Any) -> bool:
@@ -161,6 +170,8 @@ def _type(field: FieldInfo, shape: Shape) -> str:
         text = "mapping with `kind`: " + ", ".join(f"`{_tag(m)}`" for m in shape.models)
     elif shape.models:
         text = "list of mappings" if shape.listed else "mapping"
+    elif len(shape.alternatives) > 1:  # e.g. a number or `sqrt_d`
+        text = " or ".join(_scalar(a, bounds or field) for a, bounds in reversed(shape.alternatives))
     else:
         text = _scalar(shape.scalar, field)
     return text + (" or `null`" if shape.nullable else "")

@@ -27,7 +27,7 @@ class Group:
     name: str
     owner: str  # module path in the generated model
     block: str  # the report row its parameters count under
-    kind: str  # embedding | layer | core | anchor | gate | state_mix | loop_embedding | norm | head
+    kind: str  # embedding | value_embedding | layer | core | anchor | gate | state_mix | loop_embedding | readout | norm | head
     parts: dict[str, int]  # parameter breakdown, e.g. {"attn": ..., "ffn": ..., "norms": ...}
     flops: int  # forward FLOPs per sequence of one call (0 for the embedding and head)
     loop_control: bool = False  # gate, state mix, loop embedding: the paper counts them once
@@ -99,9 +99,15 @@ def build_graph(arch: Architecture) -> ModelGraph:
     edges: list[tuple[str, str]] = []
 
     def add_group(
-        name: str, kind: str, parts: dict[str, int], flops: int, loop_control: bool = False, inactive: int = 0
+        name: str,
+        kind: str,
+        parts: dict[str, int],
+        flops: int,
+        loop_control: bool = False,
+        inactive: int = 0,
+        block: str = "",
     ) -> None:
-        block = name.split(".")[0]
+        block = block or name.split(".")[0]
         groups[name] = Group(name, name, block, kind, parts, flops, loop_control, [name], inactive)
 
     def use(u: Use, after: str | None) -> str:
@@ -113,6 +119,10 @@ def build_graph(arch: Architecture) -> ModelGraph:
     add_group("embedding", "embedding", {"table": m.vocab_size * m.d_model}, 0)
     last = use(Use("embedding", "embedding", "embedding", "embedding"), None)
     outputs = {"embedding": last}  # block -> its output node, for the anchor's input edge
+    for stage, values, kv_heads in arch.value_stages():  # lookups of the token ids: no FLOPs
+        name = f"{stage}_values"
+        add_group(name, "value_embedding", {"tables": values.table_params(m, kv_heads)}, 0)
+        use(Use(name, name, name, name), "embedding")
 
     def run_stage(name: str, prev: str) -> str:
         stage = arch.stage(name)
@@ -120,8 +130,18 @@ def build_graph(arch: Architecture) -> ModelGraph:
             return prev
         for i in range(stage.layers):
             module = f"{name}.{i}"
-            add_group(module, "layer", arch.layer_parts(stage.attention), arch.layer_flops(stage.attention))
+            values = stage.values if stage.gated(i) else None
+            parts = arch.layer_parts(stage.attention, stage.placement, values)
+            add_group(module, "layer", parts, arch.layer_flops(stage.attention, stage.placement, values))
             prev = use(Use(module, name, module, module, attention=1), prev)
+            if values is not None:
+                edges.append((f"{name}_values", module))
+        if stage.output_norm:
+            norm = f"{name}_norm"
+            add_group(
+                norm, "norm", {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T), block=name
+            )
+            prev = use(Use(norm, name, norm, norm), prev)
         outputs[name] = prev
         return prev
 
@@ -130,11 +150,24 @@ def build_graph(arch: Architecture) -> ModelGraph:
         add_group("anchor", "anchor", {"kv": arch.anchor.params(m)}, arch.anchor.flops(m, T))
         if arch.anchor.recompute == "never":
             use(Use("anchor", "anchor", "anchor", "anchor"), outputs[arch.anchor.from_])
+    norm = {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T)
     if arch.core is not None:
         last = _run_core(arch, last, add_group, use, edges)
+        if arch.core.out_norm:
+            add_group("core_out_norm", "norm", *norm)
+            last = use(Use("core_out_norm", "core_out_norm", "core_out_norm", "core_out_norm"), last)
+        readout = arch.core.readout
+        if readout is not None:  # once, after the last loop
+            add_group(
+                "readout",
+                "readout",
+                {readout.weights: readout.params(m.d_model)},
+                readout.flops(m.d_model, T),
+            )
+            last = use(Use("readout", "readout", "readout", "readout"), last)
     last = run_stage("coda", last)
 
-    add_group("norm", "norm", {"weight": m.norm.params(m.d_model)}, m.norm.flops(m.d_model, T))
+    add_group("norm", "norm", *norm)
     last = use(Use("norm", "norm", "norm", "norm"), last)
     if m.tie_embeddings:
         use(Use("head", "head", "embedding", "embedding", call=False), last)
@@ -149,8 +182,18 @@ def build_graph(arch: Architecture) -> ModelGraph:
 
 def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
     m, core, anchor = arch.model, arch.core, arch.anchor
-    parts = {k: v * core.layers for k, v in arch.layer_parts(core.attention, core.ffn).items()}
-    flops = core.layers * arch.layer_flops(core.attention, core.ffn)
+    values = core.value_embedding
+    gates = values.layers if values is not None else []
+    parts: dict[str, int] = {}
+    for j in range(core.layers):
+        for k, v in arch.layer_parts(
+            core.attention, core.norm_placement, values if j in gates else None, core.ffn
+        ).items():
+            parts[k] = parts.get(k, 0) + v
+    flops = sum(
+        arch.layer_flops(core.attention, core.norm_placement, values if j in gates else None, core.ffn)
+        for j in range(core.layers)
+    )
     for module in ["core"] if core.shared else [f"core.{r}" for r in range(core.loops)]:
         add_group(module, "core", dict(parts), flops, inactive=core.layers * arch.layer_inactive(core.ffn))
     modules = [p for p in arch.loop_parts() if p.attribute]  # with weights: gate, state mix, loop embedding
@@ -175,6 +218,8 @@ def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
         step = use(Use(loop, "core", module, module, attention=core.layers, loop=r), step)
         if core.attention.reads_anchor and anchor is not None and anchor.recompute == "never":
             edges.append(("anchor", loop))
+        if values is not None:
+            edges.append(("core_values", loop))
         for attribute in after:
             step = use(Use(f"{loop}.{attribute}", attribute, attribute, attribute, loop=r), step)
         state = step

@@ -8,7 +8,7 @@ them into stages. Rules that need more than one field live in :mod:`cartspec.che
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -17,7 +17,7 @@ from cartspec.components.anchor import Anchor
 from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
 from cartspec.components.moe import MoE
-from cartspec.components.norm import Norm
+from cartspec.components.norm import Norm, Placement
 from cartspec.components.state import FromPrelude
 
 __all__ = ["IDENTIFIER", "Anchor", "FFN", "Norm", "Spec"]
@@ -28,6 +28,9 @@ SelfAttention = union(tuple(k for k in kinds("attention") if not k.reads_anchor)
 Gate = union(kinds("gate"))
 StateMix = union(kinds("state_mix"))
 LoopSignal = union(kinds("loop_embedding"))
+ValueEmbedding = union(kinds("value_embedding"))
+Readout = union(kinds("readout"))
+VALUES_DOC = "Token-indexed tables added to the V of the listed layers, through a gate; null: none."
 Inject = union(kinds("inject"))
 Lora = union(kinds("lora"))
 Halt = union(kinds("halt"))
@@ -56,6 +59,19 @@ class ModelConfig(Strict):
     init_std: float = Field(
         0.02, gt=0, le=1, description="Std of the normal init of every Linear and the embedding."
     )
+    embedding_scale: Literal["sqrt_d"] | Annotated[float, Field(gt=0, le=1e4)] = Field(
+        1.0,
+        description="Multiplies the token embeddings before the first block: a number, or sqrt_d (Huginn: sqrt(d_model)).",
+    )
+
+    @field_validator("embedding_scale", mode="before")
+    @classmethod
+    def _one_scale(cls, v: object) -> object:
+        """One message for a wrong scale, not one per member of the union."""
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if v == "sqrt_d" or (number and 0 < v <= 1e4):
+            return v
+        raise ValueError(f"must be a number in (0, 10^4] or sqrt_d, got {v!r}")
 
     @property
     def n_heads(self) -> int:
@@ -66,15 +82,28 @@ class ModelConfig(Strict):
     def ffn_hidden(self) -> int:
         return self.ffn.hidden_for(self.d_model)
 
+    @property
+    def scales_embedding(self) -> bool:
+        """The embeddings are multiplied by a factor other than 1 before the first block."""
+        return self.embedding_scale != 1
+
 
 # ----------------------------------------------------------------------------- blocks
 
 
 class Stack(Strict):
-    """A run of identical pre-norm layers: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """A run of identical layers: x + attn(norm(x)), then x + ffn(norm(x)) (pre-norm), or with each sum normalised too (sandwich)."""
 
     layers: int = Field(..., ge=1, le=1024, description="Number of layers.")
     attention: SelfAttention = Field(..., description="Self-attention of every layer.")
+    norm_placement: Placement | None = Field(
+        None, description="pre or sandwich for this stage's layers; null: model.norm.placement."
+    )
+    value_embedding: ValueEmbedding | None = Field(None, description=VALUES_DOC)
+    output_norm: bool = Field(
+        False,
+        description="A norm (model.norm) on the stage's output: Parcae's ln_prelude, so the loop reads a normalised e.",
+    )
 
 
 class Core(Strict):
@@ -90,6 +119,9 @@ class Core(Strict):
     ffn: MoE | None = Field(
         None,
         description="The core's FFN: null, the model's FFN; moe, a mixture of experts (routed top-k plus shared).",
+    )
+    value_embedding: ValueEmbedding | None = Field(
+        None, description=VALUES_DOC + " Looked up once per forward, read by every loop."
     )
     gate: Gate | None = Field(
         None, description="How the block output meets the loop input; null: h = block(h_in)."
@@ -113,6 +145,17 @@ class Core(Strict):
     init_state: InitState = Field(
         default_factory=lambda: FromPrelude(kind="prelude"),
         description="Where the loop's state starts: prelude (e), zeros, or trunc_normal noise.",
+    )
+    norm_placement: Placement | None = Field(
+        None, description="pre or sandwich for the core's layers; null: model.norm.placement."
+    )
+    out_norm: bool = Field(
+        False,
+        description="A norm on the loop's last state, before the coda (module core_out_norm). "
+        "Huginn's ln_f runs here and before the head: share it with `share: [{name: ln_f, members: [core_out_norm, norm]}]`.",
+    )
+    readout: Readout | None = Field(
+        None, description="Maps the last loop state to the coda's input, once per forward; null: none."
     )
     checkpoint: bool = Field(
         False, description="Per-loop activation checkpointing (recompute each loop in backward)."
@@ -139,7 +182,7 @@ class ShareGroup(Strict):
         ...,
         min_length=1,  # one glob (prelude.*) can name many; the graph checks for two distinct modules
         max_length=4096,
-        description="Module paths: prelude.0, coda.0, stack.3, core.loop[2] (unshared core), or block.* for all layers of a block.",
+        description="Module paths: prelude.0, coda.0, stack.3, core.loop[2] (unshared core), block.* for all layers of a block, or the norms norm and core_out_norm.",
     )
 
 

@@ -128,6 +128,17 @@ VARIANTS = {
     ),
     "prelude_and_coda_without_core": (CART_TINY, ("blocks.anchor=null", "blocks.core=null")),
     "named_like_a_building_block": (CART_TINY, ("name=rotary",)),
+    "huginn_parts": (
+        CART_TINY,
+        (
+            "blocks.prelude.attention={kind: mha, fused_qkv: true, qk_bias: true}",
+            "model.ffn.fused=true",
+            "model.norm.placement=sandwich",
+            "model.embedding_scale=sqrt_d",
+            "blocks.core.out_norm=true",
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+        ),
+    ),
     "interleaved_rope": (
         CART_TINY,
         ("blocks.prelude.attention.rope_style=interleaved", "blocks.coda.attention.rope_style=interleaved"),

@@ -39,7 +39,11 @@ def layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
 
 
 def swiglu(x: torch.Tensor, w: Weights) -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)), silu(z) = z * sigmoid(z)."""
+    """down(silu(gate(x)) * up(x)), silu(z) = z * sigmoid(z). Fused: gate_up's first hidden rows
+    are the gate, the rest the up projection."""
+    if "gate_up.weight" in w:
+        gate, up = w["gate_up.weight"].tensor_split(2, dim=0)
+        w = {"gate_proj.weight": gate, "up_proj.weight": up, "down_proj.weight": w["down_proj.weight"]}
     g = linear(x, w["gate_proj.weight"])
     return linear(g * torch.sigmoid(g) * linear(x, w["up_proj.weight"]), w["down_proj.weight"])
 
@@ -48,6 +52,12 @@ def gelu_mlp(x: torch.Tensor, w: Weights) -> torch.Tensor:
     """proj(gelu(fc(x))), the exact (erf) GELU: z * Phi(z)."""
     z = linear(x, w["fc.weight"])
     return linear(z * 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))), w["proj.weight"])
+
+
+def relu2_mlp(x: torch.Tensor, w: Weights, scale: float) -> torch.Tensor:
+    """proj(max(fc(x), 0)^2 * scale)."""
+    z = linear(x, w["fc.weight"]).clamp(min=0)
+    return linear(z * z * scale, w["proj.weight"])
 
 
 def heads(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -97,17 +107,56 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return torch.einsum("bhts,bhsd->bhtd", weights, v)
 
 
+def unfuse_qkv(w: Weights, n_heads: int, head_dim: int) -> Weights:
+    """A fused qkv matrix's rows are Q's (n_heads x head_dim), then K's, then V's (equal halves)."""
+    qkv = w["qkv.weight"]
+    q_rows = n_heads * head_dim
+    k, v = qkv[q_rows:].tensor_split(2, dim=0)
+    return {**w, "q_proj.weight": qkv[:q_rows], "k_proj.weight": k, "v_proj.weight": v}
+
+
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last axis, no weight, eps = float32's machine epsilon."""
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + torch.finfo(torch.float32).eps)
+
+
+def gated_value(x: torch.Tensor, rows: torch.Tensor, gate: torch.Tensor, kv: int) -> torch.Tensor:
+    """What a value embedding adds to V ([B, kv, T, D]): K/V head j gets its slice of the table's
+    rows times 2 * sigmoid(gate_j . x[..., :channels]), channels = the gate's input width."""
+    logits = linear(x[..., : gate.shape[1]], gate)  # [B, T, kv]
+    scale = 2.0 / (1.0 + torch.exp(-logits))
+    return heads(rows, kv) * scale.permute(0, 2, 1)[..., None]
+
+
 def mha(
-    x: torch.Tensor, w: Weights, n_heads: int, rope: tuple[float, str] | None, causal: bool
+    x: torch.Tensor,
+    w: Weights,
+    n_heads: int,
+    rope: tuple[float, str] | None,
+    causal: bool,
+    qk_norm: bool = False,
+    value: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K."""
+    """Full-rank Q, K, V (K/V heads from the weight shapes: MHA, GQA or MQA), RoPE on Q and K; with
+    qk_bias, its rows 0 and 1 are added to every position's Q and K heads before the rotation; then
+    (qk_norm) each head's q and k scaled to unit RMS; ``value``: the rows of a value embedding,
+    added to V through the layer's gate (``value_gate.weight``)."""
     head_dim = x.shape[-1] // n_heads
+    if "qkv.weight" in w:
+        w = unfuse_qkv(w, n_heads, head_dim)
     kv = w["k_proj.weight"].shape[0] // head_dim
     q = heads(linear(x, w["q_proj.weight"]), n_heads)
     k = heads(linear(x, w["k_proj.weight"]), kv)
     v = heads(linear(x, w["v_proj.weight"]), kv)
+    if "qk_bias" in w:  # (2, 1, heads, head_dim) -> per head [heads, 1, head_dim]
+        q = q + w["qk_bias"][0, 0][:, None, :]
+        k = k + w["qk_bias"][1, 0][:, None, :]
+    if value is not None:
+        v = v + gated_value(x, value, w["value_gate.weight"], kv)
     if rope is not None:  # (base, style)
         q, k = rotate(q, *rope), rotate(k, *rope)
+    if qk_norm:
+        q, k = unit_rms(q), unit_rms(k)
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
 
 
@@ -245,6 +294,18 @@ def hyper_mix(states: list[torch.Tensor], raw: torch.Tensor) -> torch.Tensor:
     return sum(p[i] * s for i, s in enumerate(states))
 
 
+def concat_inject(h: torch.Tensor, e: torch.Tensor, adapter: torch.Tensor) -> torch.Tensor:
+    """adapter [h, e]: the state's channels first, then e's, through one Linear(2d -> d)."""
+    d = h.shape[-1]
+    return linear(h, adapter[:, :d]) + linear(e, adapter[:, d:])
+
+
+def diagonal_inject(h: torch.Tensor, e: torch.Tensor, w: Weights) -> torch.Tensor:
+    """exp(-s * exp(A_log)) * h + s * (e B^T), with the step s = log(1 + exp(dt_bias))."""
+    step = torch.log1p(torch.exp(w["dt_bias"]))
+    return torch.exp(-step * torch.exp(w["A_log"])) * h + step * linear(e, w["B"])
+
+
 def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
     """proj(table[r]), table[r, 2i] = sin(r / 10000^(2i/dim)), table[r, 2i + 1] = cos(the same)."""
     row = torch.empty(dim, dtype=torch.float64)
@@ -256,7 +317,13 @@ def loop_embedding(r: int, dim: int, proj: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- a whole model
 
-ATTENTION_DEFAULTS = {"rope": True, "rope_base": 10000.0, "rope_style": "half", "causal": True}
+ATTENTION_DEFAULTS = {
+    "rope": True,
+    "rope_base": 10000.0,
+    "rope_style": "half",
+    "causal": True,
+    "qk_norm": False,
+}
 
 
 def initial_state(e: torch.Tensor, init: dict, max_seq_len: int) -> torch.Tensor:
@@ -290,8 +357,12 @@ class Reference:
         self.head_dim = m.get("head_dim", 64)
         self.n_heads = self.d // self.head_dim
         self.ffn_kind = (m.get("ffn") or {}).get("kind", "swiglu")
+        self.ffn_scale = (m.get("ffn") or {}).get("scale", 1.0)
         norm = m.get("norm") or {}
         self.norm_kind, self.eps = norm.get("kind", "rmsnorm"), norm.get("eps", 1e-6)
+        self.placement = norm.get("placement", "pre")
+        scale = m.get("embedding_scale", 1.0)
+        self.embedding_scale = math.sqrt(self.d) if scale == "sqrt_d" else scale
         self.tied = m.get("tie_embeddings", True)
         self.blocks = spec["blocks"]
         self.model = m
@@ -306,9 +377,11 @@ class Reference:
         w = _sub(self.sd, prefix)
         if moe_spec is not None:
             return moe(x, w, moe_spec["top_k"])
+        if self.ffn_kind == "relu2":
+            return relu2_mlp(x, w, self.ffn_scale)
         return swiglu(x, w) if self.ffn_kind == "swiglu" else gelu_mlp(x, w)
 
-    def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, prefix: str, attn: dict, kv=None, value=None) -> torch.Tensor:
         a = {**ATTENTION_DEFAULTS, **attn}
         w = _sub(self.sd, prefix)
         if a["kind"] == "cross":
@@ -316,13 +389,31 @@ class Reference:
         rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
         if a["kind"] == "deepseek_mla":
             return deepseek_mla(x, w, self.n_heads, rope, a["causal"], self.eps)
-        run = mha if a["kind"] == "mha" else mla
-        return run(x, w, self.n_heads, rope, a["causal"])
+        if a["kind"] == "mha":
+            return mha(x, w, self.n_heads, rope, a["causal"], a["qk_norm"], value)
+        return mla(x, w, self.n_heads, rope, a["causal"])
 
-    def layer(self, x: torch.Tensor, prefix: str, attn: dict, kv=None, moe_spec=None) -> torch.Tensor:
-        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x))."""
-        x = x + self.attention(self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", attn, kv)
-        return x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.", moe_spec)
+    def layer(self, x: torch.Tensor, prefix: str, stage: dict, kv=None, value=None) -> torch.Tensor:
+        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x)); sandwich: each sum normalised again.
+        The FFN is the stage's own (the core's mixture of experts) when it has one."""
+        attn = self.attention(
+            self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", stage["attention"], kv, value
+        )
+        x = x + attn
+        if stage.get("norm_placement", self.placement) == "sandwich":
+            x = self.norm(x, f"{prefix}attn_out_norm.")
+        x = x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.", stage.get("ffn"))
+        if stage.get("norm_placement", self.placement) == "sandwich":
+            x = self.norm(x, f"{prefix}ffn_out_norm.")
+        return x
+
+    def value(self, idx: torch.Tensor, stage: str, i: int) -> torch.Tensor | None:
+        """The value-embedding rows of layer i of a stage: table k of the stage for its k-th listed
+        layer (in increasing order), None for a layer without a table."""
+        listed = sorted((self.blocks[stage].get("value_embedding") or {}).get("layers", []))
+        if i not in listed:
+            return None
+        return self.sd[f"{stage}_values.tables.{listed.index(i)}.weight"][idx]
 
     def anchor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = _sub(self.sd, "anchor.")
@@ -330,20 +421,19 @@ class Reference:
             return anchor_mla_kv(x, w, self.n_heads)
         return anchor_kv(x, w, self.head_dim)
 
-    def core_block(self, x: torch.Tensor, r: int, kv) -> torch.Tensor:
+    def core_block(self, x: torch.Tensor, r: int, kv, values=None) -> torch.Tensor:
         """One loop of the core: its layers in a row, each with its residuals."""
         core = self.blocks["core"]
         prefix = "core." if core.get("shared", True) else f"core.{r}."
         n = core.get("layers", 1)
+        values = values or [None] * n
         for j in range(n):
-            x = self.layer(
-                x, prefix if n == 1 else f"{prefix}layers.{j}.", core["attention"], kv, core.get("ffn")
-            )
+            x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core, kv, values[j])
         return x
 
-    def loop_step(self, h_in: torch.Tensor, r: int, kv, h_prev=None, e=None) -> torch.Tensor:
+    def loop_step(self, h_in: torch.Tensor, r: int, kv, values=None, h_prev=None, e=None) -> torch.Tensor:
         gate = self.blocks["core"].get("gate")
-        out = self.core_block(h_in, r, kv)
+        out = self.core_block(h_in, r, kv, values)
         if "lora" in self.blocks["core"]:
             out = loop_lora(out, r, _sub(self.sd, "lora."))
         if gate is None:
@@ -355,22 +445,29 @@ class Reference:
         return lti_gate(h_in, out, self.sd["gate.a"], gate.get("form", "cart"))
 
     def logits(self, idx: torch.Tensor, loops: int | None = None) -> torch.Tensor:
-        x = self.sd["embedding.weight"][idx]
+        x = self.sd["embedding.weight"][idx] * self.embedding_scale
         embedded = x
         for name in ("stack", "prelude"):
             block = self.blocks.get(name)
             for i in range(block["layers"] if block else 0):
-                x = self.layer(x, f"{name}.{i}.", block["attention"])
+                x = self.layer(x, f"{name}.{i}.", block, value=self.value(idx, name, i))
+            x = self.norm(x, f"{name}_norm.") if block and block.get("output_norm") else x
         core = self.blocks.get("core")
         if core is not None:
-            x = self.loop(x, embedded, core, core["loops"] if loops is None else loops)
+            values = [self.value(idx, "core", j) for j in range(core.get("layers", 1))]
+            x = self.loop(x, embedded, core, core["loops"] if loops is None else loops, values)
+            if core.get("out_norm"):
+                x = self.norm(x, "core_out_norm.")
+            if core.get("readout") is not None:  # linear: C(h)
+                x = linear(x, self.sd["readout.weight"])
         coda = self.blocks.get("coda")
         for i in range(coda["layers"] if coda else 0):
-            x = self.layer(x, f"coda.{i}.", coda["attention"])
+            x = self.layer(x, f"coda.{i}.", coda, value=self.value(idx, "coda", i))
+        x = self.norm(x, "coda_norm.") if coda and coda.get("output_norm") else x
         x = self.norm(x, "norm.")
         return linear(x, self.sd["embedding.weight" if self.tied else "head.weight"])
 
-    def loop(self, e: torch.Tensor, embedded: torch.Tensor, core: dict, loops: int) -> torch.Tensor:
+    def loop(self, e: torch.Tensor, embedded: torch.Tensor, core: dict, loops: int, values) -> torch.Tensor:
         anchor = self.blocks.get("anchor")
         every_loop = anchor is not None and anchor.get("recompute", "never") == "every_loop"
         kv = None
@@ -398,9 +495,13 @@ class Reference:
                     h_in = rmsnorm(h_in + e, w["weight"], eps)
                 else:
                     h_in = layernorm(h_in + e, w["weight"], w["bias"], eps)
+            elif inject == "concat":
+                h_in = concat_inject(h_in, e, self.sd["inject.adapter.weight"])
+            elif inject == "diagonal":
+                h_in = diagonal_inject(h_in, e, _sub(self.sd, "inject."))
             if every_loop:
                 kv = self.anchor(h_in)
-            h = self.loop_step(h_in, r, kv, states[0], e)
+            h = self.loop_step(h_in, r, kv, values, states[0], e)
             states = [h, *states[:-1]]
             if halt is not None:
                 weight, spent, halted = act_step(

@@ -142,19 +142,51 @@ def _self_attention(c: Chooser, d: int, heads: int, rope: dict[str, Any]) -> dic
     a: dict[str, Any] = {"kind": kind}
     if kind == "mha":
         _maybe(c, a, "kv_heads", lambda: c.choice(_divisors(heads)))
+        _maybe(c, a, "qk_norm", c.boolean)
     elif kind == "mla":
         _maybe(c, a, "kv_latent", lambda: c.integer(1, d))
     else:  # RoPE rotates head_dim channels in every block: they share one table
-        a.update(q_rank=c.integer(1, d), kv_rank=c.integer(1, d), nope_dim=c.integer(1, 8))
+        # latents of 2 channels at least: a layernorm makes a one-channel latent constant (its bias)
+        a.update(q_rank=c.integer(2, d), kv_rank=c.integer(2, d), nope_dim=c.integer(1, 8))
         a.update(rope_dim=d // heads, v_dim=c.integer(1, 8))
     _maybe(c, a, "rope", c.boolean)
     _maybe(c, a, "causal", c.boolean)
     a.update(rope)  # one base and style for every block: they share one table
+    if kind == "mha":
+        _maybe(c, a, "fused_qkv", c.boolean)
+        # Huginn's qk_bias: one row per head; without RoPE the K half only shifts every score of a
+        # query alike, which softmax ignores (no gradient), so it is drawn with RoPE
+        if a.get("kv_heads", heads) == heads and a.get("rope", True):
+            _maybe(c, a, "qk_bias", c.boolean)
     return a
 
 
+PLACEMENTS = ["pre", "sandwich"]
+
+
 def _stack(c: Chooser, d: int, heads: int, rope: dict[str, Any], most: int = 3) -> dict:
-    return {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope)}
+    stack = {"layers": c.integer(1, most), "attention": _self_attention(c, d, heads, rope)}
+    _maybe(c, stack, "norm_placement", lambda: c.choice(PLACEMENTS))
+    _maybe_values(c, stack, d)
+    _maybe(c, stack, "output_norm", c.boolean)
+    return stack
+
+
+def _maybe_values(c: Chooser, stage: dict, d: int) -> None:
+    """Value embeddings on a non-empty subset of an mha stage's layers, now and then."""
+    if stage["attention"]["kind"] != "mha" or not c.boolean():
+        return
+    n = stage.get("layers", 1)
+    layers = [i for i in range(n) if c.boolean()] or [n - 1]
+    values: dict[str, Any] = {"kind": "gated", "layers": c.choice([layers, layers[::-1]])}
+    if d < 32 or c.boolean():  # the default 32 channels need d_model >= 32
+        values["gate_channels"] = c.choice([1, 4, 8, d])
+    stage["value_embedding"] = values
+
+
+def gated(blocks: dict, block: str, i: int) -> bool:
+    """Layer i of a stage (or of the core) has a value embedding."""
+    return i in (blocks.get(block, {}).get("value_embedding") or {}).get("layers", [])
 
 
 def valid_spec(c: Chooser) -> dict:
@@ -168,17 +200,23 @@ def valid_spec(c: Chooser) -> dict:
         "max_seq_len": c.integer(8, 32),
         "head_dim": head_dim,
     }
-    ffn: dict[str, Any] = {"kind": c.choice(["swiglu", "gelu"])}
+    ffn: dict[str, Any] = {"kind": c.choice(["swiglu", "gelu", "relu2"])}
     if c.boolean():
         ffn["hidden"] = c.integer(8, 96)
     elif ffn["kind"] == "swiglu":
         _maybe(c, ffn, "multiple_of", lambda: c.choice([16, 8, 32, 64]))
+    if ffn["kind"] == "swiglu":
+        _maybe(c, ffn, "fused", c.boolean)
+    if ffn["kind"] == "relu2":
+        _maybe(c, ffn, "scale", lambda: c.choice([0.5, 1.0, 2.0]))
     model["ffn"] = ffn
     norm: dict[str, Any] = {"kind": c.choice(["rmsnorm", "layernorm"])}
     _maybe(c, norm, "eps", lambda: c.choice([1e-6, 1e-5, 0.001]))
+    _maybe(c, norm, "placement", lambda: c.choice(PLACEMENTS))
     model["norm"] = norm
     _maybe(c, model, "tie_embeddings", c.boolean)
     _maybe(c, model, "init_std", lambda: c.choice([0.02, 0.1, 0.5]))
+    _maybe(c, model, "embedding_scale", lambda: c.choice(["sqrt_d", 0.5, 2.0]))
 
     rope: dict[str, Any] = {}
     _maybe(c, rope, "rope_base", lambda: c.choice([10000.0, 500.0]))
@@ -220,6 +258,7 @@ def valid_spec(c: Chooser) -> dict:
                 blocks["anchor"] = anchor
             else:
                 core["attention"] = _self_attention(c, d, heads, rope)
+                _maybe_values(c, core, d)
             gate = c.choice(["none", "lti", "residual", "decay"])
             if gate == "lti":
                 core["gate"] = {"kind": "lti"}
@@ -230,6 +269,12 @@ def valid_spec(c: Chooser) -> dict:
             elif gate == "decay":
                 core["gate"] = {"kind": "decay"}
                 _maybe(c, core["gate"], "b_init", lambda: c.choice([0.1, -0.5, 1.0]))
+            if core.get("gate", {}).get("form") == "contractive":  # needs an update delta: pre-norm
+                if norm.get("placement") == "sandwich" or c.boolean():
+                    core["norm_placement"] = "pre"
+            else:
+                _maybe(c, core, "norm_placement", lambda: c.choice(PLACEMENTS))
+            _maybe(c, core, "out_norm", c.boolean)
             if c.boolean():
                 experts = c.integer(2, 4)
                 moe: dict[str, Any] = {"kind": "moe", "experts": experts, "top_k": c.integer(1, experts)}
@@ -272,19 +317,29 @@ def valid_spec(c: Chooser) -> dict:
                 core["init_state"] = init
             elif start != "default":
                 core["init_state"] = {"kind": start}
-            # a loop must read the prelude output: a noise or zero start has no e in it (a cross-attention
-            # query from zeros is constant, and an anchor read from the embedding leaves the prelude unused)
-            reads_input = start in ("default", "prelude")
+            # a loop must read the prelude output: a zero start queries the anchor with zeros (one loop
+            # would attend uniformly and K gets no gradient), an anchor recomputed from the loop input
+            # never sees the tokens, and an anchor read from the embedding leaves the prelude unused
+            anchor = blocks.get("anchor", {})
+            frozen = anchor.get("recompute", "never") == "never" and anchor.get("from") != "embedding"
+            cross = core["attention"]["kind"] == "cross" and frozen and start != "zeros"
+            reads_input = cross or start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
-                core["inject"] = {"kind": c.choice(["add", "add_norm"])}
+                core["inject"] = {"kind": c.choice(["add", "add_norm", "concat", "diagonal"])}
                 if core["inject"]["kind"] == "add_norm" and c.boolean():
                     core["inject"]["norm"] = {"kind": c.choice(["rmsnorm", "layernorm"]), "eps": 1e-5}
             _maybe(c, core, "checkpoint", c.boolean)
+            _maybe(c, core, "readout", lambda: {"kind": "linear"})
             blocks["core"] = core
         if has["coda"]:
             blocks["coda"] = _stack(c, d, heads, rope)
             if has["prelude"] and c.boolean():  # same structure, so prelude and coda may share
                 blocks["coda"]["attention"] = copy.deepcopy(blocks["prelude"]["attention"])
+                blocks["coda"].pop("norm_placement", None)
+                if "norm_placement" in blocks["prelude"]:
+                    blocks["coda"]["norm_placement"] = blocks["prelude"]["norm_placement"]
+                if blocks["coda"]["attention"]["kind"] != "mha":
+                    blocks["coda"].pop("value_embedding", None)
 
     spec: dict[str, Any] = {"name": _name(c)}
     _maybe(c, spec, "description", lambda: c.choice(["a tiny model", "x: 'y' # z"]))
@@ -314,17 +369,31 @@ def _share_groups(c: Chooser, blocks: dict) -> list[dict]:
     if core is not None and core.get("shared") is False and core["loops"] >= 2:
         candidates.append(c.choice([["core.loop[0]", "core.loop[1]"], ["core.*"]]))
     prelude, coda = blocks.get("prelude"), blocks.get("coda")
-    if prelude and coda and prelude["attention"] == coda["attention"]:
+    same = prelude and coda and prelude["attention"] == coda["attention"]
+    if same and prelude.get("norm_placement") == coda.get("norm_placement"):
         candidates.append(["prelude.0", "coda.0"])
+    if core is not None and core.get("out_norm"):
+        candidates.append(c.choice([["core_out_norm", "norm"], ["norm", "core_out_norm"]]))
     groups: list[dict] = []
     claimed: set[str] = set()
     for members in candidates:
         blocks_used = {m.split(".")[0] for m in members}
-        if blocks_used & claimed or not c.boolean():
+        if blocks_used & claimed or not c.boolean() or not _same_gates(blocks, members):
             continue
         claimed |= blocks_used
         groups.append({"name": f"group_{len(groups)}", "members": members})
     return groups
+
+
+def _same_gates(blocks: dict, members: list[str]) -> bool:
+    """Layer members are identical only if all or none of them have a value-embedding gate."""
+    flags = set()
+    for member in members:
+        block, _, index = member.partition(".")  # the final and out norms have no index
+        if block in ("stack", "prelude", "coda"):
+            n = blocks[block]["layers"]
+            flags |= {gated(blocks, block, i) for i in (range(n) if index == "*" else [int(index)])}
+    return len(flags) <= 1
 
 
 # ----------------------------------------------------------------------------- the oracle
@@ -336,11 +405,12 @@ def counts(spec: dict) -> tuple[int, int]:
     d, V, hd = m["d_model"], m["vocab_size"], m.get("head_dim", 64)
     heads = d // hd
     norm = d * (2 if m.get("norm", {}).get("kind") == "layernorm" else 1)
+    placement = m.get("norm", {}).get("placement", "pre")
     ffn = m.get("ffn", {})
     kind = ffn.get("kind", "swiglu")
     if "hidden" in ffn:
         hidden = ffn["hidden"]
-    elif kind == "gelu":
+    elif kind in ("gelu", "relu2"):
         hidden = 4 * d
     else:
         mo = ffn.get("multiple_of", 256)
@@ -358,22 +428,37 @@ def counts(spec: dict) -> tuple[int, int]:
             return projections + (q + kv) * norm // d
         if a["kind"] == "mla":
             return 2 * d * d + 3 * d * a.get("kv_latent", d // 4)
-        return 2 * d * d + 2 * d * a.get("kv_heads", heads) * hd
+        bias = 2 * d if a.get("qk_bias") else 0  # (2, 1, heads, head_dim)
+        return 2 * d * d + 2 * d * a.get("kv_heads", heads) * hd + bias
 
-    def layer(a: dict, moe: dict | None = None) -> int:
-        return attention(a) + (moe_params(moe) if moe else ffn_p) + 2 * norm
+    def layer(stage: dict) -> int:  # the core's own FFN (a mixture of experts) when it has one
+        norms = 4 if stage.get("norm_placement", placement) == "sandwich" else 2
+        moe = stage.get("ffn")
+        return attention(stage["attention"]) + (moe_params(moe) if moe else ffn_p) + norms * norm
 
     def moe_params(moe: dict) -> int:
         shared = moe.get("shared", 0) * 3 * d * moe.get("shared_hidden", moe["hidden"] * moe["top_k"])
         return d * moe["experts"] + moe["experts"] * 3 * d * moe["hidden"] + shared
 
+    def gate(block: str, i: int) -> int:  # a value embedding's gate: channels -> K/V heads
+        values = b[block].get("value_embedding")
+        kv = b[block]["attention"].get("kv_heads", heads)
+        return values.get("gate_channels", 32) * kv if gated(b, block, i) else 0
+
     modules: dict[str, tuple[int, int]] = {"embedding": (V * d, 1), "norm": (norm, 1)}
     if not m.get("tie_embeddings", True):
         modules["head"] = (V * d, 1)
+    for block in ("stack", "prelude", "core", "coda"):
+        values = b.get(block, {}).get("value_embedding")
+        if values:  # one vocabulary-sized table of K/V width per listed layer, looked up once
+            kv = b[block]["attention"].get("kv_heads", heads)
+            modules[f"{block}_values"] = (len(values["layers"]) * V * kv * hd, 1)
     for block in ("stack", "prelude", "coda"):
         if block in b:
             for i in range(b[block]["layers"]):
-                modules[f"{block}.{i}"] = (layer(b[block]["attention"]), 1)
+                modules[f"{block}.{i}"] = (layer(b[block]) + gate(block, i), 1)
+            if b[block].get("output_norm"):
+                modules[f"{block}_norm"] = (norm, 1)
     core = b.get("core")
     loops = core["loops"] if core else 0
     if "anchor" in b:
@@ -385,7 +470,9 @@ def counts(spec: dict) -> tuple[int, int]:
         )
         modules["anchor"] = (size, 1 if a.get("recompute", "never") == "never" else loops)
     if core:
-        size = core.get("layers", 1) * layer(core["attention"], core.get("ffn"))
+        size = sum(layer(core) + gate("core", j) for j in range(core.get("layers", 1)))
+        if core.get("out_norm"):
+            modules["core_out_norm"] = (norm, 1)
         if core.get("shared", True):
             modules["core"] = (size, loops)
         else:
@@ -407,6 +494,12 @@ def counts(spec: dict) -> tuple[int, int]:
             modules["lora"] = (2 * d * rank + core["lora"]["max_loops"] * rank, loops)
         if "halt" in core:
             modules["halt"] = (d + 1, loops)
+        if core.get("inject", {}).get("kind") == "concat":
+            modules["inject"] = (2 * d * d, loops)  # Linear(2d -> d)
+        if "readout" in core:
+            modules["readout"] = (d * d, 1)
+        if core.get("inject", {}).get("kind") == "diagonal":  # B, A_log, dt_bias, run every loop
+            modules["inject"] = (d * d + 2 * d, loops)
 
     stored = sum(size for size, _ in modules.values())
     for group in spec.get("share", []):
@@ -443,8 +536,9 @@ def shared_modules(spec: dict) -> list[list[str]]:
 
 
 def _module_order(module: str) -> tuple:
+    """Layers by block and index; the loop's out norm before the final norm (the order they run)."""
     block, _, index = module.partition(".")
-    return (block, int(index))
+    return (block, int(index)) if index else ({"core_out_norm": "", "norm": "~"}[block], 0)
 
 
 # ----------------------------------------------------------------------------- files
@@ -1069,7 +1163,20 @@ def random_case(c: Chooser) -> SpecFiles:
     return SpecFiles({"spec.yaml": dump(spec)}, "spec.yaml", [], "random edit")
 
 
-KINDS = ["mha", "mla", "cross", "swiglu", "gelu", "rmsnorm", "layernorm", "lti", "residual", "hyper"]
+KINDS = [
+    "mha",
+    "mla",
+    "cross",
+    "swiglu",
+    "gelu",
+    "relu2",
+    "rmsnorm",
+    "layernorm",
+    "lti",
+    "residual",
+    "hyper",
+    "gated",
+]
 
 
 def _tweak(c: Chooser, value: Any) -> Any:

@@ -254,6 +254,15 @@ def test_gelu_ffn_defaults_to_two_d_by_4d_matrices(cli):
     assert report["stored"] == V * d + (4 * d * d + 2 * d * 4 * d + 2 * d) + d
 
 
+def test_relu2_ffn_defaults_to_two_d_by_4d_matrices_and_refuses_a_scale_elsewhere(cli):
+    report = params(cli, "dense_d1024.yaml", "blocks.stack.layers=1", "model.ffn={kind: relu2, scale: 0.5}")
+    d = 1024
+    assert report["stored"] == V * d + (4 * d * d + 2 * d * 4 * d + 2 * d) + d
+    rc, _, err = cli("params", str(SPECS / "dense_d1024.yaml"), "--set", "model.ffn.scale=0.5")
+    assert rc == 2
+    assert "model.ffn.scale: only relu2 takes a scale" in err
+
+
 def test_explicit_ffn_hidden_overrides_the_rounded_default(cli):
     report = params(cli, "dense_d1024.yaml", "blocks.stack.layers=1", "model.ffn.hidden=1000")
     d = 1024
@@ -324,7 +333,7 @@ def looped_specs(draw) -> dict:
         "max_seq_len": draw(st.integers(1, 4096)),
         "head_dim": head_dim,
         "tie_embeddings": draw(st.booleans()),
-        "ffn": {"kind": draw(st.sampled_from(["swiglu", "gelu"]))},
+        "ffn": {"kind": draw(st.sampled_from(["swiglu", "gelu", "relu2"]))},
         "norm": {"kind": draw(st.sampled_from(["rmsnorm", "layernorm"]))},
     }
     self_attention = st.sampled_from([{"kind": "mla"}, {"kind": "mha"}])

@@ -8,6 +8,8 @@ import pytest
 import torch
 from gen_helpers import ROOT, SHIPPED, VARIANTS, build, compile_variant, randomize_
 
+from cartspec.resolve import resolve
+
 # every shipped spec, shrunk to a width a CPU test decodes in milliseconds
 TINY = (
     "model.d_model=32",
@@ -53,9 +55,22 @@ def check(model, vocab: int) -> None:
             torch.testing.assert_close(fast_logits, full_logits, rtol=1e-4, atol=1e-4)
 
 
+def deterministic_and_shallow(spec: str) -> tuple[str, ...]:
+    """A noisy start drawn fresh at every forward (Huginn's, seed null) meets other noise in a cached
+    step than in the full forward: such a spec decodes here from its seeded table. And a deep loop
+    of O(1) random weights (Huginn's 32) blows float32 rounding up past the tolerance (the tokens
+    still agree): it decodes at 4 loops."""
+    core = resolve(ROOT / spec).spec.blocks.core
+    if core is None:
+        return ()
+    fresh = core.init_state.kind == "trunc_normal" and core.init_state.seed is None
+    return ("blocks.core.init_state.seed=0",) * fresh + ("blocks.core.loops=4",) * (core.loops > 8)
+
+
 @pytest.mark.parametrize("spec", SHIPPED)
 def test_cached_decoding_equals_full_decoding_for_every_shipped_spec(tmp_path, spec):
-    _, module = compile_variant(tmp_path, "shipped", TINY, spec=ROOT / spec, small=False)
+    sets = (*TINY, *deterministic_and_shallow(spec))
+    _, module = compile_variant(tmp_path, "shipped", sets, spec=ROOT / spec, small=False)
     check(randomize_(build(module), seed=1).eval(), 64)
 
 

@@ -194,7 +194,12 @@ def test_a_sampled_depth_run_records_its_depths_and_resumes_exactly(corpus, tmp_
     whole = run(corpus, tmp_path / "whole", tmp_path / "cache", extra)
     run(corpus, tmp_path / "split", tmp_path / "cache", extra, until=6)
     split = run(corpus, tmp_path / "split", tmp_path / "cache", extra, resume="auto")
-    assert split == [{**r, "tokens_per_s": s["tokens_per_s"]} for r, s in zip(whole, split, strict=True)]
+    measured = ("tokens_per_s", "mfu", "peak_memory_mb")  # of the machine, not of the run
+
+    def computed(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in measured} for r in rows]
+
+    assert computed(split) == computed(whole)
     depths = [d for r in whole for d in r.get("depths", [])]
     assert len(depths) == 12 and all(1 <= d <= 16 for d in depths)
     assert len(set(depths)) > 1  # drawn, not fixed

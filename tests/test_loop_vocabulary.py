@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from gen_helpers import CART_TINY, VARIANTS, build, compile_variant, randomize_, tokens
 
@@ -110,3 +111,20 @@ def test_unrolled_counts_follow_the_peers_conventions(tmp_path):
         "core_only": report.stored + (R - 1) * core,
         "recurrent_block": report.effective,
     }
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("blocks.anchor=null", "blocks.core.attention={kind: mha}"),
+        ("blocks.anchor.recompute=every_loop",),
+    ],
+)
+def test_a_loop_that_never_reads_the_tokens_is_refused_in_one_line(cli, sets):
+    """A noisy start with neither an inject nor an anchor computed from e: the model's output
+    would not depend on its input."""
+    args = [f"--set={s}" for s in ("blocks.core.init_state={kind: trunc_normal, seed: 1}", *sets)]
+    code, _, err = cli("validate", str(CART_TINY), *args)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "blocks.core.init_state.kind" in line and "never reads the input tokens" in line

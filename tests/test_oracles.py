@@ -65,6 +65,48 @@ VARIANTS = {
             "model.tie_embeddings=false",
         ),
     ),
+    "dense_gqa_qk_norm": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 2, qk_norm: true}",)),
+    "dense_mqa_no_rope_qk_norm": (
+        DENSE_TINY,
+        ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false, qk_norm: true}",),
+    ),
+    "dense_values_gqa": (
+        DENSE_TINY,
+        (
+            "blocks.stack.output_norm=true",
+            "blocks.stack.attention={kind: mha, kv_heads: 2, qk_norm: true}",
+            "blocks.stack.value_embedding={kind: gated, layers: [1], gate_channels: 8}",
+        ),
+    ),
+    "self_attn_core_values": (
+        CART_TINY,
+        (
+            "blocks.anchor=null",
+            "blocks.prelude.output_norm=true",
+            "blocks.coda.output_norm=true",
+            "blocks.prelude.attention={kind: mha}",
+            "blocks.prelude.value_embedding={kind: gated, layers: [0, 1], gate_channels: 16}",
+            "blocks.core.layers=2",
+            "blocks.core.attention={kind: mha, kv_heads: 2}",
+            "blocks.core.value_embedding={kind: gated, layers: [1]}",
+            "blocks.coda.attention={kind: mha, qk_norm: true}",
+            "blocks.coda.value_embedding={kind: gated, layers: [0]}",
+            "blocks.core.readout={kind: linear}",
+            "blocks.core.inject={kind: diagonal}",
+            "blocks.core.init_state={kind: trunc_normal, seed: 5}",
+        ),
+    ),
+    "add_inject_zero_start": (
+        CART_TINY,
+        ("blocks.core.inject={kind: add}", "blocks.core.init_state={kind: zeros}"),
+    ),
+    # OpenMythos's inject with a norm of its own (a layernorm here: its bias is read too)
+    "add_norm_inject": (
+        CART_TINY,
+        ("blocks.core.inject={kind: add_norm, norm: {kind: layernorm, eps: 1.0e-5}}",),
+    ),
+    "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
+    "dense_relu2_hidden": (DENSE_TINY, ("model.ffn={kind: relu2, hidden: 40}",)),
     "dense_mla_latent": (DENSE_TINY, ("blocks.stack.attention={kind: mla, kv_latent: 8}",)),
     "dense_mla_bidirectional_no_rope": (
         DENSE_TINY,
@@ -128,6 +170,37 @@ VARIANTS = {
         (
             "blocks.core.gate={kind: decay, b_init: 0.3}",
             "blocks.core.loop_embedding={kind: channels, fraction: 7}",
+        ),
+    ),
+    # Huginn's layer: fused qkv with qk_bias, fused swiglu, sandwich norms, embeddings x sqrt(d)
+    "dense_huginn_layer": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: mha, fused_qkv: true, qk_bias: true}",
+            "model.ffn.fused=true",
+            "model.norm.placement=sandwich",
+            "model.embedding_scale=sqrt_d",
+        ),
+    ),
+    # Huginn's loop: a noisy start, re-reading e through the concat adapter, no anchor
+    "huginn_loop": (
+        CART_TINY,
+        (
+            "blocks.anchor=null",
+            "blocks.core={loops: 3, layers: 2, attention: {kind: mha, fused_qkv: true, qk_bias: true}}",
+            "blocks.core.norm_placement=sandwich",
+            "blocks.core.inject={kind: concat}",
+            "blocks.core.init_state={kind: trunc_normal, scale: sqrt_d, seed: 5}",
+            "blocks.core.out_norm=true",
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+        ),
+    ),
+    "sandwich_core_out_norm_shared": (
+        CART_TINY,
+        (
+            "blocks.core.norm_placement=sandwich",
+            "blocks.core.out_norm=true",
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
         ),
     ),
 }
@@ -205,11 +278,14 @@ SELF_ATTENTION = {
         ("dense_mha", "stack"),
         ("dense_mha_bidirectional", "stack"),
         ("dense_gqa", "stack"),
+        ("dense_gqa_qk_norm", "stack"),
         ("dense_gqa_interleaved_rope", "stack"),
         ("dense_mqa_no_rope", "stack"),
+        ("dense_mqa_no_rope_qk_norm", "stack"),
         ("dense_gqa_bidirectional_gelu_layernorm_untied", "stack"),
         ("mha_prelude_bidirectional_coda", "prelude"),
         ("self_attn_core_gqa_two_layers", "core"),
+        ("dense_huginn_layer", "stack"),
     ],
     "mla": [
         ("dense_mla_latent", "stack"),
@@ -237,9 +313,9 @@ def _check_self_attention(variants, kind: str) -> None:
         module = _self_attention_module(model, block)
         x = activations(B, T, spec["model"]["d_model"])
         rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
-        run = oracles.mha if kind == "mha" else oracles.mla
+        args = (x, weights(module), n_heads(spec), rope, a["causal"])
         with torch.no_grad():
-            same(module(x), run(x, weights(module), n_heads(spec), rope, a["causal"]))
+            same(module(x), oracles.mha(*args, a["qk_norm"]) if kind == "mha" else oracles.mla(*args))
 
 
 def test_mha_gqa_mqa_self_attention_equals_the_oracle(variants):
@@ -384,7 +460,7 @@ def _ffn_and_norm(variants, label: str):
 
 
 def test_swiglu_equals_the_oracle(variants):
-    for label in ("dense_mha", "cart"):
+    for label in ("dense_mha", "cart", "dense_huginn_layer"):
         spec, layer = _ffn_and_norm(variants, label)
         x = activations(B, T, spec["model"]["d_model"], seed=5)
         with torch.no_grad():
@@ -399,15 +475,84 @@ def test_gelu_mlp_equals_the_oracle(variants):
             same(layer.ffn(x), oracles.gelu_mlp(x, weights(layer.ffn)))
 
 
+def test_relu2_mlp_equals_the_oracle(variants):
+    for label, scale in (("dense_relu2", 0.5), ("dense_relu2_hidden", 1.0)):
+        spec, layer = _ffn_and_norm(variants, label)
+        x = activations(B, T, spec["model"]["d_model"], seed=5)
+        with torch.no_grad():
+            same(layer.ffn(x), oracles.relu2_mlp(x, weights(layer.ffn), scale))
+
+
+def test_gated_value_embedding_equals_the_oracle(variants):
+    """Each listed layer adds its table's rows to V through a per-K/V-head gate on its input's
+    first channels; the core's tables are looked up once and read by every loop (whole models
+    against the oracle cover the wiring, this the attention with a value given)."""
+    for label, block, i in (("dense_values_gqa", "stack", 1), ("self_attn_core_values", "prelude", 0)):
+        spec, model = variants[label]
+        attn = getattr(model, block)[i].attn
+        a = attention_spec(spec, block)
+        idx = tokens(B, T, spec["model"]["vocab_size"], seed=3)
+        x = activations(B, T, spec["model"]["d_model"], seed=4)
+        rows = getattr(model, f"{block}_values")(idx)[i]
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
+        with torch.no_grad():
+            expected = oracles.mha(x, weights(attn), n_heads(spec), rope, a["causal"], a["qk_norm"], rows)
+            same(attn(x, None, 0, rows), expected)
+            assert (attn(x) - expected).abs().max() > 1e-2  # the value changes the output
+    spec, model = variants["self_attn_core_values"]
+    assert [t is None for t in model.core_values(tokens(B, T, 96))] == [True, False]
+
+
+def test_inject_kinds_equal_the_oracle(variants):
+    """diagonal, concat and add_norm: their modules against their definitions (diagonal with
+    weights far from its identity-like start); add has no module: the whole models that use each
+    kind equal the oracle."""
+    spec, model = variants["self_attn_core_values"]
+    d = spec["model"]["d_model"]
+    h, e = activations(B, T, d, seed=12), activations(B, T, d, seed=13)
+    with torch.no_grad():
+        same(model.inject(h, e), oracles.diagonal_inject(h, e, weights(model.inject)))
+    spec, model = variants["huginn_loop"]
+    d = spec["model"]["d_model"]
+    h, e = activations(B, T, d, seed=30), activations(B, T, d, seed=31)
+    with torch.no_grad():
+        same(model.inject(h, e), oracles.concat_inject(h, e, model.inject.adapter.weight))
+    spec, model = variants["add_norm_inject"]
+    d = spec["model"]["d_model"]
+    h, e = activations(B, T, d, seed=32), activations(B, T, d, seed=33)
+    with torch.no_grad():
+        same(model.inject(h + e), oracles.layernorm(h + e, model.inject.weight, model.inject.bias, 1e-5))
+    for label in ("self_attn_core_values", "huginn_loop", "add_inject_zero_start", "add_norm_inject"):
+        spec, model = variants[label]
+        idx = tokens(B, T, spec["model"]["vocab_size"], seed=14)
+        with torch.no_grad():
+            same(model(idx)[0], oracles.model_logits(spec, model.state_dict(), idx))
+
+
+def test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop(variants):
+    spec, model = variants["self_attn_core_values"]
+    h = activations(B, T, spec["model"]["d_model"], seed=7)
+    with torch.no_grad():
+        same(model.readout(h), oracles.linear(h, model.readout.weight))
+    calls = []
+    handle = model.readout.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(tokens(B, T, spec["model"]["vocab_size"], seed=8), loops=4)
+    handle.remove()
+    assert len(calls) == 1
+
+
 def _norms(model):
-    """Every placement: before each mixer, before each FFN, and the final norm."""
+    """Every placement: before each mixer and FFN, after them (sandwich), on a stage's output, after
+    the loop, and the final norm."""
     for name, module in model.named_modules():
-        if name == "norm" or name.endswith("attn_norm") or name.endswith("ffn_norm"):
+        if name.endswith("norm") and not list(module.children()):
             yield name, module
 
 
 def test_rmsnorm_in_every_placement_equals_the_oracle(variants):
-    for label in ("dense_mha", "core_two_layers"):
+    labels = ("dense_mha", "core_two_layers", "dense_huginn_layer", "sandwich_core_out_norm_shared")
+    for label in (*labels, "self_attn_core_values"):
         spec, model = variants[label]
         x = 3 * activations(B, T, spec["model"]["d_model"], seed=6) + 1
         eps = spec["model"]["norm"]["eps"]
@@ -514,12 +659,27 @@ ORACLES = {
     ("loop_embedding", "sinusoidal"): test_loop_embedding_equals_the_oracle_at_every_row,
     ("ffn", "swiglu"): test_swiglu_equals_the_oracle,
     ("ffn", "gelu"): test_gelu_mlp_equals_the_oracle,
+    ("ffn", "relu2"): test_relu2_mlp_equals_the_oracle,
+    ("value_embedding", "gated"): test_gated_value_embedding_equals_the_oracle,
+    ("readout", "linear"): test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop,
+    ("inject", "add"): test_inject_kinds_equal_the_oracle,
+    ("inject", "add_norm"): test_inject_kinds_equal_the_oracle,
+    ("inject", "concat"): test_inject_kinds_equal_the_oracle,
+    ("inject", "diagonal"): test_inject_kinds_equal_the_oracle,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,
     ("norm", "layernorm"): test_layernorm_in_every_placement_equals_the_oracle,
     ("anchor", "mla_kv"): test_latent_anchor_equals_the_oracle,
     ("anchor", "kv"): test_full_rank_anchor_equals_the_oracle_repeated_to_the_query_heads,
 }
-REGISTRY_FAMILIES = ("attention", "gate", "state_mix", "loop_embedding")
+REGISTRY_FAMILIES = (
+    "attention",
+    "gate",
+    "state_mix",
+    "loop_embedding",
+    "value_embedding",
+    "readout",
+    "inject",
+)
 
 
 def registered_kinds() -> set[tuple[str, str]]:

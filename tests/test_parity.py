@@ -112,3 +112,16 @@ def test_user_mistakes_are_one_line_and_exit_2(cli, args, message):
     rc, stdout, stderr = cli("parity", *args)
     assert rc == 2
     assert stderr.count("\n") == 1 and message in stderr
+
+
+def test_huginns_dense_baseline_keeps_its_model_and_drops_the_loops_depth_schedule(cli, tmp_path):
+    """A sampled depth belongs to the loop: the dense baseline trains at its fixed depth, with the
+    looped model's model-wide choices (sandwich norms, fused swiglu, sqrt(d) embedding scale)."""
+    out = tmp_path / "dense.yaml"
+    rc, _, err = cli("parity", "specs/peers/huginn_0125.yaml", "--match", "stored", "-o", str(out))
+    assert (rc, err) == (0, "")
+    dense, huginn = resolve(out).spec, resolve("specs/peers/huginn_0125.yaml").spec
+    assert dense.model == huginn.model
+    assert dense.train.depth.kind == "fixed" and huginn.train.depth.kind == "poisson_lognormal"
+    assert dense.train.model_copy(update={"depth": huginn.train.depth}) == huginn.train
+    assert account(resolve(out).graph).stored <= account(resolve("specs/peers/huginn_0125.yaml").graph).stored

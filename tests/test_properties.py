@@ -319,10 +319,16 @@ def test_a_tiny_forward_gives_a_finite_loss_and_backward_reaches_every_parameter
     # The blend's gradient is p_i * (s_i - sum_j p_j s_j): zero while every state it blends is the
     # same copy of e, i.e. with one tap, or one loop (the buffer starts as copies of e).
     idle_mix = mix is not None and (mix.get("taps", 3) == 1 or core["loops"] == 1)
+    # One routed expert per token: its weight, renormalised over the chosen, is always 1, so the
+    # router's logits choose but get no gradient (as in OpenMythos).
+    lone_choice = (core.get("ffn") or {}).get("top_k") == 1
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} gets no gradient"
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
         if ".ffn.experts." in name:  # a routed expert that no token chose learns nothing this step
+            continue
+        if ".ffn.router." in name and lone_choice:
+            assert p.grad.abs().max() <= 1e-6, f"{name}: {p.grad}"
             continue
         if name == "state_mix.weights" and idle_mix:
             assert p.grad.abs().max() <= 1e-6, f"{name}: {p.grad}"
@@ -399,17 +405,28 @@ def test_sharing_survives_a_state_dict_and_a_safetensors_round_trip(out_dir, spe
 def flop_counter_view(spec: dict, report) -> int:
     """The report's forward FLOPs plus the head, as FlopCounterMode sees them (docs/accounting.md):
     it counts matmuls only, so the norms (2 x their parameters x T per use, the latent norms of DeepSeek
-    MLA and an add_norm inject's too) and the elementwise loop parts (the paper's once-only gate and
-    blend, the decay gate in every loop, the halting bias) drop out, and the loop-embedding projection
-    is one matmul of one table row per loop, not one per token."""
+    MLA and an add_norm inject's too), Huginn's qk_bias (added, 2 x 2d x T per use), Parcae's diagonal
+    inject (its decay and step are elementwise) and the elementwise loop parts (the paper's once-only
+    gate and blend, the decay gate in every loop, the halting bias) drop out, and the loop-embedding
+    projection is one matmul of one table row per loop, not one per token."""
     m, blocks = spec["model"], spec["blocks"]
     d, T = m["d_model"], m["max_seq_len"]
     widths = 1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2
     per_norm = 2 * widths * d * T
-    layer_uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
+    placement = m.get("norm", {}).get("placement", "pre")
+
+    def norms_per_layer(stage: dict) -> int:
+        return 4 if stage.get("norm_placement", placement) == "sandwich" else 2
+
+    def biased(stage: dict) -> bool:
+        return bool(stage["attention"].get("qk_bias"))
+
+    stages = [blocks[b] for b in ("stack", "prelude", "coda") if b in blocks]
+    norm_uses = 1 + sum(s["layers"] * norms_per_layer(s) for s in stages)
+    bias_uses = sum(s["layers"] for s in stages if biased(s))
     core = blocks.get("core")
-    loop_control = visible = 0
-    uses = [(blocks[s], blocks[s]["layers"]) for s in ("stack", "prelude", "coda") if s in blocks]
+    loop_control = visible = elementwise = 0
+    uses = [(s, s["layers"]) for s in stages]
     uses += [(core, core.get("layers", 1) * core["loops"])] if core else []
     latent_norms = 0  # DeepSeek MLA's norms on its two latents, per layer use
     for block, n in uses:
@@ -418,7 +435,9 @@ def flop_counter_view(spec: dict, report) -> int:
             latent_norms += n * 2 * widths * (a["q_rank"] + a["kv_rank"]) * T
     if core is not None:
         loops = core["loops"]
-        layer_uses += core.get("layers", 1) * loops
+        runs = core.get("layers", 1) * loops
+        norm_uses += runs * norms_per_layer(core) + (1 if core.get("out_norm") else 0)
+        bias_uses += runs if biased(core) else 0
         gate = (core.get("gate") or {}).get("kind")
         if gate == "lti":
             loop_control += 2 * d * T
@@ -437,9 +456,11 @@ def flop_counter_view(spec: dict, report) -> int:
             dim = core["loop_embedding"].get("dim", 32)
             loop_control += 2 * dim * d * T
             visible += core["loops"] * 2 * dim * d
-    norms = (2 * layer_uses + 1) * per_norm
-    flops = report.flops.forward_per_sequence + report.flops.head_per_sequence
-    return flops - norms - latent_norms - loop_control + visible
+        if (core.get("inject") or {}).get("kind") == "diagonal":  # decay and step: elementwise
+            elementwise += core["loops"] * 2 * 2 * d * T
+    norm_uses += sum(1 for b in ("stack", "prelude", "coda") if blocks.get(b, {}).get("output_norm"))
+    unseen = norm_uses * per_norm + latent_norms + bias_uses * 2 * 2 * d * T + loop_control + elementwise
+    return report.flops.forward_per_sequence + report.flops.head_per_sequence - unseen + visible
 
 
 @TORCH

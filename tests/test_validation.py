@@ -180,7 +180,7 @@ def test_missing_kind_lists_the_kinds_allowed_there(cli, write_spec):
             gate: {init: 0.5}   # line 9
         """)
     assert errors(cli) == [
-        "spec.yaml:9:5: blocks.core.gate: missing 'kind'; expected one of 'lti', 'residual'"
+        "spec.yaml:9:5: blocks.core.gate: missing 'kind'; expected one of 'lti', 'residual', 'decay'"
     ]
 
 
@@ -607,7 +607,7 @@ def test_sharing_group_member_must_name_a_module(cli, write_spec):
             members: [prelude.0, prelude.7]   # line 8
         """)
     assert errors(cli) == [
-        "spec.yaml:8:26: share.0.members.1: 'prelude.7' names no shareable module (have: prelude.0, prelude.1, coda.0)"
+        "spec.yaml:8:26: share.0.members.1: 'prelude.7' names no shareable module (have: prelude.0, prelude.1, coda.0, norm)"
     ]
 
 
@@ -654,7 +654,7 @@ def test_a_one_module_group_is_reported_even_after_another_groups_error(cli, wri
             members: [prelude.1, prelude.1]   # line 8
         """)
     assert errors(cli) == [
-        "spec.yaml:6:41: share.0.members.1: 'prelude.9' names no shareable module (have: prelude.0, prelude.1)",
+        "spec.yaml:6:41: share.0.members.1: 'prelude.9' names no shareable module (have: prelude.0, prelude.1, norm)",
         "spec.yaml:8:5: share.1.members: a sharing group needs at least two distinct modules",
     ]
 
@@ -845,3 +845,111 @@ def test_debug_flag_shows_the_traceback(run_cli, write_spec, spec_dir):
     rc, _, err = run_cli("--debug", "validate", "spec.yaml", cwd=spec_dir)
     assert rc == 1
     assert "Traceback" in err and "SpecError" in err and "36 is not divisible by head_dim 8" in err
+
+
+# ----------------------------------------------------------------------------- Huginn's parts
+
+
+HUGINN_LIKE = """
+    name: t
+    model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+    blocks:
+      core:
+        loops: 2
+        attention: {kind: mha}
+    """
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "model.embedding_scale=two",
+            "model.embedding_scale: must be a number in (0, 10^4] or sqrt_d, got 'two'",
+        ),
+        (
+            "model.ffn={kind: gelu, fused: true}",
+            "model.ffn.fused: only swiglu has a gate and an up projection to fuse",
+        ),
+        (
+            "blocks.core.attention={kind: mha, kv_heads: 2, qk_bias: true}",
+            "blocks.core.attention.qk_bias: Huginn's qk_bias has one row per head: it needs kv_heads = heads (4)",
+        ),
+        (
+            "blocks.core.gate={kind: lti, form: contractive}",
+            "model.norm.placement: a sandwich core renormalises its output, so it has no update delta for the contractive gate",
+        ),
+        (
+            "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+            "share.0.members.0: 'core_out_norm' names no shareable module (have: core, norm)",
+        ),
+    ],
+)
+def test_huginns_parts_refuse_what_cannot_be_built_in_one_line(cli, write_spec, override, expected):
+    write_spec(HUGINN_LIKE)
+    sets = ["--set", override]
+    if "contractive" in override:
+        sets += ["--set", "model.norm.placement=sandwich"]
+    lines = errors(cli, "spec.yaml", *sets)
+    assert len(lines) == 1 and lines[0].endswith(expected), lines
+
+
+# ----------------------------------------------------------------------------- value embeddings
+
+
+def test_value_embeddings_name_existing_layers_of_an_mha_stage_and_a_gate_within_d_model(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          prelude:
+            layers: 2
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [1, 2]}   # line 7: no layer 2
+          core:
+            loops: 2
+            attention: {kind: mla}
+            value_embedding: {kind: gated, layers: [0], gate_channels: 8}   # line 11: mla
+          coda:
+            layers: 1
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [0], gate_channels: 33}   # line 15
+        """)
+    assert errors(cli) == [
+        "spec.yaml:7:36: blocks.prelude.value_embedding.layers: [2] beyond the stage's 2 layers (0..1)",
+        "spec.yaml:11:23: blocks.core.value_embedding.kind: value embeddings add to the V of an mha attention, not mla",
+        "spec.yaml:15:49: blocks.coda.value_embedding.gate_channels: 33 exceeds d_model 32",
+    ]
+
+
+def test_value_embedding_layers_are_distinct(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          stack:
+            layers: 2
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [1, 1], gate_channels: 8}   # line 7
+        """)
+    assert errors(cli) == [
+        "spec.yaml:7:36: blocks.stack.value_embedding.layers: layer indices must be distinct and at least 0, got [1, 1]"
+    ]
+
+
+def test_a_layer_with_a_value_embedding_shares_only_with_layers_that_have_one(cli, write_spec):
+    write_spec("""
+        name: t
+        model: {vocab_size: 64, d_model: 32, max_seq_len: 16, head_dim: 8}
+        blocks:
+          stack:
+            layers: 2
+            attention: {kind: mha}
+            value_embedding: {kind: gated, layers: [1], gate_channels: 8}
+        share:
+          - name: both
+            members: [stack.0, stack.1]   # line 10: only stack.1 has a gate
+        """)
+    assert errors(cli) == [
+        "spec.yaml:10:5: share.0.members: members are not structurally identical: 'stack.1' differs from 'stack.0'"
+    ]

@@ -24,10 +24,20 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         ConfigEntry(
             name="n_heads", type="int", rule="self.d_model // self.head_dim", comment="d_model / head_dim"
         ),
-        m.ffn.config_entry(m.d_model),
+        *m.ffn.config_entries(m.d_model),
         ConfigEntry(name="norm_eps", type="float", value=repr(m.norm.eps)),
         ConfigEntry(name="init_std", type="float", value=repr(m.init_std)),
     ]
+    if m.embedding_scale == "sqrt_d":
+        entries.append(
+            ConfigEntry(
+                name="embedding_scale", type="float", rule="math.sqrt(self.d_model)", comment="sqrt(d_model)"
+            )
+        )
+    elif m.scales_embedding:
+        entries.append(
+            ConfigEntry(name="embedding_scale", type="float", value=repr(float(m.embedding_scale)))
+        )
     if arch.rope_base is not None:
         entries.append(ConfigEntry(name="rope_base", type="float", value=repr(arch.rope_base)))
         block, roped = next((name, a) for name, a in arch.named_attentions if a.rope)
@@ -41,6 +51,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if stack is not None:
             entries.append(ConfigEntry(name=f"{name}_layers", type="int", value=str(stack.layers)))
             entries += stack.attention.config_entries(name, m)
+            entries += stack.value_embedding.config_entries(name) if stack.value_embedding else []
     if b.anchor:
         entries += b.anchor.config_entries(m)
     if b.core:
@@ -50,6 +61,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
             entries.append(ConfigEntry(name="core_layers", type="int", value=str(c.layers)))
         entries += c.attention.config_entries("core", m)
         entries += c.ffn.config_entries() if c.ffn is not None else []
+        entries += c.value_embedding.config_entries("core") if c.value_embedding else []
         for part in arch.loop_parts():
             entries += part.config_entries()
         entries += c.init_state.config_entries()
@@ -57,6 +69,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
     if b.coda:
         entries.append(ConfigEntry(name="coda_layers", type="int", value=str(b.coda.layers)))
         entries += b.coda.attention.config_entries("coda", m)
+        entries += b.coda.value_embedding.config_entries("coda") if b.coda.value_embedding else []
     return entries
 
 

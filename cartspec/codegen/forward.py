@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
-from cartspec.architecture import Architecture
+from cartspec.architecture import Architecture, Stage
 from cartspec.codegen.layout import wrap
 
 
 def forward_context(arch: Architecture, core: dict | None) -> dict:
     """Template context for forward: a dense stack runs its layers; a looped model its loop."""
     if core is None:
-        lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", "x = self.embedding(idx)"]
+        lines = ["start = 0 if cache is None else cache.advance(idx.size(1))", _embed(arch)]
         for stage in arch.stages:  # the stack
-            lines += _stage_lines(stage.name)
+            lines += _stage_lines(stage)
         return {"forward_lines": lines, "cache": _cache_context(arch)}
     return {**_loop_checks(arch), **_loop_body(arch, core), **_stats(arch), "cache": _cache_context(arch)}
 
 
-def _stage_lines(name: str) -> list[str]:
-    """Run a stage's layers, each with its own cache when decoding."""
-    return [
-        f"for i, layer in enumerate(self.{name}):",
-        f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
-    ]
+def _embed(arch: Architecture) -> str:
+    """The token embeddings, scaled when the spec says so (Huginn multiplies them by sqrt(d))."""
+    if arch.model.scales_embedding:
+        return "x = self.embedding(idx) * self.config.embedding_scale"
+    return "x = self.embedding(idx)"
+
+
+def _stage_lines(stage: Stage) -> list[str]:
+    """Run a stage's layers, each with its own cache when decoding (and its value embedding),
+    then the stage's output norm."""
+    name = stage.name
+    if stage.values is not None:
+        lines = [
+            f"values = self.{name}_values(idx)  # the value-embedding rows of each layer that has a table",
+            f"for i, layer in enumerate(self.{name}):",
+            f"    x = layer(x, None if cache is None else cache.{name}[i], start, values[i])",
+        ]
+    else:
+        lines = [
+            f"for i, layer in enumerate(self.{name}):",
+            f"    x = layer(x, None if cache is None else cache.{name}[i], start)",
+        ]
+    return lines + ([f"x = self.{name}_norm(x)"] if stage.output_norm else [])
 
 
 def _cache_context(arch: Architecture) -> dict:
@@ -109,6 +126,14 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         else f", kv: {'LayerKV' if c.layers == 1 else 'list[LayerKV]'} | None = None, start: int = 0"
     )
     block_param = "" if c.shared else "core: CoreBlock, "  # the loop's own block
+    values = c.value_embedding is not None  # only a self-attending core has them
+    if values:  # a list per core layer; one tensor (or None) for a one-layer core
+        kv_args += ", values" if c.layers > 1 else ", value"
+        kv_params += (
+            ", values: list[torch.Tensor | None] | None = None"
+            if c.layers > 1
+            else ", value: torch.Tensor | None = None"
+        )
     out = f"{'self.core' if c.shared else 'core'}(h_in{kv_args})"
     if c.lora is not None:
         out = c.lora.adapt(out)
@@ -118,10 +143,10 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     step_params = "".join(f"{v}: {'int | torch.Tensor' if v == 'r' else 'torch.Tensor'}, " for v in reads)
     step_doc = c.gate.step_doc() if c.gate is not None else "h = core(h_in)"
 
-    lines = ["x = self.embedding(idx)"]
+    lines = [_embed(arch)]
     prelude = arch.stage("prelude")
     if prelude:
-        lines += _stage_lines("prelude")
+        lines += _stage_lines(prelude)
     lines.append("e = x  # the context anchor: the final prelude output" if prelude else "e = x")
     anchor = arch.anchor
     if anchor and anchor.recompute == "never":
@@ -160,12 +185,24 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
             "    k, v = cache.anchor[r].extend(k, v)",
         ]
     own = "" if c.shared else "self.core[r], "
+    if values:
+        lines.append("core_values = self.core_values(idx)  # looked up once, read by every loop")
     if cached_core:
+        block = [] if c.shared else ["self.core[r]"]
+        passed = ["core_values" if c.layers > 1 else "core_values[0]"] if values else []
+        checkpointed = [*block, *reads, "h_in", *(["None", "0"] if values else []), *passed]
+        cached = [*block, *reads, "h_in", "None if cache is None else cache.core[r]", "start", *passed]
+        indent = 20  # forward's body, the loop, the grad context, the branch
         body += [
             "if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:",
-            f"    h = checkpoint(self.loop_step, {own}{step_args}h_in, use_reentrant=False)",
+            *(
+                f"    {line}"
+                for line in wrap(
+                    indent, "h = checkpoint(", ["self.loop_step", *checkpointed, "use_reentrant=False"], ")"
+                )
+            ),
             "else:",
-            f"    h = self.loop_step({own}{step_args}h_in, None if cache is None else cache.core[r], start)",
+            *(f"    {line}" for line in wrap(indent, "h = self.loop_step(", cached, ")")),
         ]
     else:
         body += [
@@ -203,8 +240,13 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         "    cache.loops_used.append(loops)",
         "x = h_out" if c.halt is not None else ("x = states[0]" if c.state_mix is not None else "x = h"),
     ]
-    if arch.stage("coda"):
-        lines += _stage_lines("coda")
+    if c.out_norm:
+        lines.append("x = self.core_out_norm(x)")
+    if c.readout is not None:
+        lines.append("x = self.readout(x)  # the last loop state read out for the coda")
+    coda = arch.stage("coda")
+    if coda:
+        lines += _stage_lines(coda)
     return {
         "forward_lines": lines,
         "step_def": wrap(

@@ -16,10 +16,17 @@ def wrap(indent: int, head: str, items: list[str], tail: str, sep: str = ", ") -
     return [head, *(f"    {item}," for item in items), tail]
 
 
-def module_list(indent: int, attr: str, element: str, count: str) -> list[str]:
-    """``self.<attr> = nn.ModuleList([element for _ in range(count)])``, laid out as ruff would."""
-    comprehension = f"[{element} for _ in range({count})]"
+def module_list(indent: int, attr: str, element: str, count: str, index: str = "_") -> list[str]:
+    """``self.<attr> = nn.ModuleList([element for index in range(count)])``, laid out as ruff would."""
+    comprehension = f"[{element} for {index} in range({count})]"
     lines = wrap(indent, f"self.{attr} = nn.ModuleList(", [comprehension], ")")
     if len(lines) == 3 and indent + len(lines[1]) > LINE_LENGTH:
-        lines = [lines[0], "    [", f"        {element}", f"        for _ in range({count})", "    ]", ")"]
+        lines = [
+            lines[0],
+            "    [",
+            f"        {element}",
+            f"        for {index} in range({count})",
+            "    ]",
+            ")",
+        ]
     return lines

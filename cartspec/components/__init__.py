@@ -5,7 +5,17 @@ Importing this package registers every kind; the spec's unions, the graph, the a
 the code generator read them from here.
 """
 
-from cartspec.components import attention, halt, inject, latent, loop, lora, state  # noqa: F401 - registers their kinds
+from cartspec.components import (  # noqa: F401 - registers their kinds
+    attention,
+    halt,
+    inject,
+    latent,
+    loop,
+    lora,
+    readout,
+    state,
+    values,
+)
 from cartspec.components.base import kinds, union
 
 __all__ = ["kinds", "union"]

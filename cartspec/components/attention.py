@@ -91,6 +91,19 @@ class MHA(Attention):
     rope_base: float = Field(10000.0, gt=1, le=1e9, description="RoPE base frequency.")
     rope_style: RopeStyle = Field("half", description=ROPE_STYLE_DOC)
     causal: bool = Field(True, description="Causal mask.")
+    fused_qkv: bool = Field(
+        False,
+        description="One qkv matrix (d -> (heads + 2 kv_heads) x head_dim) split into Q, K, V (Huginn's Wqkv).",
+    )
+    qk_bias: bool = Field(
+        False,
+        description="A learned bias on Q and K before RoPE: one (2, 1, heads, head_dim) parameter, zero at init (Huginn's); needs kv_heads = heads.",
+    )
+    qk_norm: bool = Field(
+        False,
+        description="A parameter-free RMS norm of q and k over the head dim after RoPE "
+        "(eps: float32's machine epsilon), as Parcae.",
+    )
 
     def resolved(self, m: ModelConfig) -> MHA:
         return self.model_copy(update={"kv_heads": self.size(m)})
@@ -99,17 +112,28 @@ class MHA(Attention):
         return kv_heads_or_all(m, self.kv_heads)
 
     def params(self, m: ModelConfig) -> int:
-        return 2 * m.d_model * m.d_model + 2 * m.d_model * self.size(m) * m.head_dim
+        bias = 2 * m.n_heads * m.head_dim if self.qk_bias else 0
+        return 2 * m.d_model * m.d_model + 2 * m.d_model * self.size(m) * m.head_dim + bias
 
     def grouped(self, m: ModelConfig) -> bool:
         return self.size(m) < m.n_heads
 
     def problems(self, m: ModelConfig) -> Problems:
-        return kv_heads_problems(self.kv_heads, m)
+        found = kv_heads_problems(self.kv_heads, m)
+        if self.qk_bias and self.kv_heads is not None and self.kv_heads != m.n_heads:
+            found.append(
+                (
+                    ("qk_bias",),
+                    f"Huginn's qk_bias has one row per head: it needs kv_heads = heads ({m.n_heads})",
+                )
+            )
+        return found
 
     def class_name(self, m: ModelConfig) -> str:
         base = "GroupedQueryAttention" if self.grouped(m) else "SelfAttention"
-        return base + _suffix(self.rope, self.causal)
+        fused = "Fused" if self.fused_qkv else ""
+        name = fused + base + ("QKBias" if self.qk_bias else "") + _suffix(self.rope, self.causal)
+        return name + ("QKNorm" if self.qk_norm else "")
 
     def config_entries(self, block: str, m: ModelConfig) -> list[ConfigEntry]:
         heads = self.size(m)

@@ -73,3 +73,50 @@ class AddNorm(Inject):
 
     def doc(self) -> str:
         return "norm(h + e)"
+
+
+@register("inject")
+class Concat(Inject):
+    """h_in = adapter([h, e]): a learned Linear(2d -> d) on the state and e side by side, state first (Huginn's adapter)."""
+
+    attribute: ClassVar[str] = "inject"
+    weights: ClassVar[str] = "adapter"
+    template: ClassVar[str] = "concat_inject.py.j2"
+
+    kind: Literal["concat"]
+
+    def params(self, d_model: int) -> int:
+        return 2 * d_model * d_model
+
+    def constructor(self) -> str:
+        return "ConcatInject(config.d_model)"
+
+    def read(self, h: str, e: str) -> str:
+        return f"self.inject({h}, {e})"
+
+    def doc(self) -> str:
+        return "adapter([h, e])"
+
+
+@register("inject")
+class Diagonal(Inject):
+    """h_in = exp(-softplus(dt_bias) * exp(A_log)) * h + softplus(dt_bias) * (e B^T): Parcae's
+    per-channel decay of the state with a learned step, and a full input matrix B on e."""
+
+    attribute: ClassVar[str] = "inject"
+    weights: ClassVar[str] = "A_log, dt_bias, B"
+    template: ClassVar[str] = "diagonal_inject.py.j2"
+
+    kind: Literal["diagonal"]
+
+    def params(self, d_model: int) -> int:
+        return d_model * d_model + 2 * d_model  # B; A_log and dt_bias, one per channel
+
+    def constructor(self) -> str:
+        return "DiagonalInject(config.d_model)"
+
+    def read(self, h: str, e: str) -> str:
+        return f"self.inject({h}, {e})"
+
+    def doc(self) -> str:
+        return "decay(h) + step * e B^T"

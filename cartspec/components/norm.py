@@ -8,6 +8,9 @@ from pydantic import Field
 
 from cartspec.components.base import Strict
 
+Placement = Literal["pre", "sandwich"]
+NORMS_PER_LAYER = {"pre": 2, "sandwich": 4}
+
 # kind -> (parameters per channel, constructor in the generated code, template or "" for torch's)
 _KINDS = {
     "rmsnorm": (1, "RMSNorm(config.d_model, config.norm_eps)", "rmsnorm.py.j2"),
@@ -23,6 +26,11 @@ class Norm(Strict):
         description="rmsnorm (weight only, computed in float32) or layernorm (weight and bias).",
     )
     eps: float = Field(1e-6, gt=0, lt=1, description="Added to the variance for stability.")
+    placement: Placement = Field(
+        "pre",
+        description="Where a layer's norms sit: pre: x + f(norm(x)) (2 norms per layer); sandwich: "
+        "norm(x + f(norm(x))) (4 per layer, the residual stream itself renormalised: Huginn). A stage may override it.",
+    )
 
     def params(self, d_model: int) -> int:
         return _KINDS[self.kind][0] * d_model

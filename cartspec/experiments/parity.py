@@ -120,7 +120,8 @@ def unique_layers(resolved: Resolved) -> int:
 
 
 def dense_data(resolved: Resolved, match: str, layers: int, d_model: int) -> dict[str, Any]:
-    """The dense spec as data: the looped spec's own model: and train: sections, one MHA stack."""
+    """The dense spec as data: the looped spec's own model: and train: sections (without the loop's
+    depth schedule), one MHA stack."""
     source = resolved.loaded.data
     looped = resolved.spec.name
     suffix = f"_dense_{match}"
@@ -134,6 +135,7 @@ def dense_data(resolved: Resolved, match: str, layers: int, d_model: int) -> dic
     }
     if "train" in source:
         data["train"] = copy.deepcopy(source["train"])
+        data["train"].pop("depth", None)  # a dense model has no loops to sample or truncate
     return data
 
 
