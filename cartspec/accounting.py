@@ -4,6 +4,8 @@ Each sharing group carries the parameters and forward FLOPs of one call, from it
 formulas (:mod:`cartspec.components`); this module only sums them (docs/accounting.md):
 
 - stored: unique parameters; a sharing group counts once. Buffers are not parameters.
+- active: the stored parameters one token touches: a mixture of experts counts its router, the
+  top-k routed experts and the shared ones (equal to stored without one).
 - effective: sum over sharing groups of size x calls in one forward pass, i.e. the size of the
   equivalent unrolled network. A tied head reads the embedding table but is no second call.
 - effective (paper): the CART author's ``count_parameters()``: token-mixing blocks (layers,
@@ -78,6 +80,7 @@ class DepthCost:
 class ParamReport:
     name: str
     stored: int
+    active: int  # parameters touched per token: a mixture of experts' top-k routed and shared experts
     effective: int
     effective_paper: int
     embedding: int
@@ -119,6 +122,7 @@ def account(graph: ModelGraph) -> ParamReport:
     return ParamReport(
         name=graph.arch.name,
         stored=stored,
+        active=stored - sum(g.inactive for g in groups),
         effective=effective,
         effective_paper=paper,
         embedding=embedding,

@@ -13,7 +13,9 @@ from typing import Any
 
 from cartspec.components.anchor import Anchor
 from cartspec.components.attention import Attention
+from cartspec.components.ffn import FFN
 from cartspec.components.loop import LoopPart
+from cartspec.components.moe import MoE
 from cartspec.components.norm import NORMS_PER_LAYER
 from cartspec.components.values import GatedValueEmbedding
 from cartspec.schema import Core, ModelConfig, ShareGroup, Spec
@@ -69,7 +71,14 @@ class Architecture:
     @property
     def attentions(self) -> list[Attention]:
         """Every attention in stage order (core last)."""
-        return [s.attention for s in self.stages] + ([self.core.attention] if self.core else [])
+        return [a for _, a in self.named_attentions]
+
+    @property
+    def named_attentions(self) -> list[tuple[str, Attention]]:
+        """(block, attention) in stage order (core last)."""
+        return [(s.name, s.attention) for s in self.stages] + (
+            [("core", self.core.attention)] if self.core else []
+        )
 
     @property
     def decodable(self) -> bool:
@@ -77,14 +86,18 @@ class Architecture:
         return all(a.causal for a in self.attentions)
 
     def layer_parts(
-        self, attention: Attention, placement: str, values: GatedValueEmbedding | None = None
+        self,
+        attention: Attention,
+        placement: str,
+        values: GatedValueEmbedding | None = None,
+        ffn: FFN | MoE | None = None,
     ) -> dict[str, int]:
-        """Parameters of one layer: attention, FFN and its norms (two pre-norm, four sandwich),
-        and the gate of its value embedding when ``values`` is given."""
+        """Parameters of one layer: attention, FFN (the model's unless given) and its norms (two
+        pre-norm, four sandwich), and the gate of its value embedding when ``values`` is given."""
         m = self.model
         parts = {
             "attn": attention.params(m),
-            "ffn": m.ffn.params(m.d_model),
+            "ffn": (ffn or m.ffn).params(m.d_model),
             "norms": NORMS_PER_LAYER[placement] * m.norm.params(m.d_model),
         }
         if values is not None:
@@ -92,13 +105,22 @@ class Architecture:
         return parts
 
     def layer_flops(
-        self, attention: Attention, placement: str, values: GatedValueEmbedding | None = None
+        self,
+        attention: Attention,
+        placement: str,
+        values: GatedValueEmbedding | None = None,
+        ffn: FFN | MoE | None = None,
     ) -> int:
-        """Forward FLOPs per sequence of one layer (a table lookup costs none; its gate does)."""
+        """Forward FLOPs per sequence of one layer (a table lookup costs none; its gate does;
+        a mixture of experts: its top-k experts only)."""
         m, T = self.model, self.model.max_seq_len
         norms = NORMS_PER_LAYER[placement] * m.norm.flops(m.d_model, T)
         gate = 2 * values.gate_params(attention.size(m)) * T if values is not None else 0
-        return attention.flops(m, T) + m.ffn.flops(m.d_model, T) + norms + gate
+        return attention.flops(m, T) + (ffn or m.ffn).flops(m.d_model, T) + norms + gate
+
+    def layer_inactive(self, ffn: FFN | MoE | None) -> int:
+        """Parameters of one layer that a token does not touch: the routed experts it did not choose."""
+        return ffn.params(self.model.d_model) - ffn.active(self.model.d_model) if isinstance(ffn, MoE) else 0
 
     def value_stages(self) -> list[tuple[str, GatedValueEmbedding, int]]:
         """(stage, its value embedding, K/V heads) of every stage with tables, core included."""
@@ -129,10 +151,12 @@ class Architecture:
         return out
 
     def loop_parts(self) -> list[LoopPart]:
-        """The core's gate, state mix, loop embedding and inject that the spec has, in that order
-        (the loop reads its input through the last three, in their order)."""
+        """The core's gate, state mix, loop embedding, inject, LoRA and halting that the spec has, in
+        that order (the loop reads its input through state mix, loop embedding and inject, in their
+        order; its output goes through the LoRA, then the gate, then the halting)."""
         c = self.core
-        return [p for p in (c.gate, c.state_mix, c.loop_embedding, c.inject) if p is not None] if c else []
+        parts = (c.gate, c.state_mix, c.loop_embedding, c.inject, c.lora, c.halt) if c else ()
+        return [p for p in parts if p is not None]
 
     def module_names(self) -> set[str]:
         """Every module with parameters of its own before sharing: the graph's sharing groups."""

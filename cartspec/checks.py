@@ -155,22 +155,7 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 f"{spec.train.schedule.min_lr} is above the peak lr {spec.train.optimizer.lr}",
             )
         )
-    roped = [
-        (block, node.attention)
-        for block in ("stack", "prelude", "core", "coda")
-        if (node := getattr(spec.blocks, block)) is not None and node.attention.rope
-    ]
-    for field in ("rope_base", "rope_style"):  # one rotary table serves every block
-        first = getattr(roped[0][1], field) if roped else None
-        for block, attention in roped:
-            if getattr(attention, field) != first:
-                problems.append(
-                    (
-                        ("blocks", block, "attention", field),
-                        f"{getattr(attention, field)} differs from {first}; RoPE blocks share one table",
-                    )
-                )
-                break
+    problems += _rope_disagreements(spec)
     for block in ("stack", "prelude", "core", "coda"):  # each kind's own rules
         node = getattr(spec.blocks, block)
         if node is not None:
@@ -182,6 +167,8 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
     if spec.blocks.anchor is not None:
         problems += [(("blocks", "anchor", *sub), msg) for sub, msg in spec.blocks.anchor.problems(m)]
     problems += [(("model", "ffn", *sub), msg) for sub, msg in m.ffn.problems()]
+    if spec.blocks.core is not None and spec.blocks.core.ffn is not None:
+        problems += [(("blocks", "core", "ffn", *sub), msg) for sub, msg in spec.blocks.core.ffn.problems()]
     if problems:
         return
     stored = _rough_stored(spec)
@@ -193,6 +180,29 @@ def _check_sizes(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
             )
         )
     problems += _activation_problems(spec)
+
+
+def _rope_disagreements(spec: Spec) -> list[tuple[Path_, str]]:
+    """One rotary table serves every roped block: one base, one style, one rotated width."""
+    m = spec.model
+    roped = [
+        (block, node.attention)
+        for block in ("stack", "prelude", "core", "coda")
+        if (node := getattr(spec.blocks, block)) is not None and node.attention.rope
+    ]
+    found: list[tuple[Path_, str]] = []
+    for key, value, message in (
+        ("rope_base", lambda a: a.rope_base, "{v} differs from {v0}"),
+        ("rope_style", lambda a: a.rope_style, "{v} differs from {v0}"),
+        ("kind", lambda a: a.rope_width(m), "RoPE rotates {v} channels here but {v0} in {first}"),
+    ):
+        values = [(block, value(a)) for block, a in roped]
+        differ = [(block, v) for block, v in values if v != values[0][1]]
+        if differ:
+            (first, v0), (block, v) = values[0], differ[0]
+            why = message.format(v=v, v0=v0, first=first)
+            found.append((("blocks", block, "attention", key), f"{why}; RoPE blocks share one table"))
+    return found
 
 
 def _activation_problems(spec: Spec) -> list[tuple[Path_, str]]:
@@ -225,7 +235,8 @@ def _rough_stored(spec: Spec) -> int:
             total += stack.layers * (layer + stack.attention.params(m))
     if b.core is not None:
         copies = 1 if b.core.shared else b.core.loops
-        total += copies * b.core.layers * (layer + b.core.attention.params(m))
+        core_layer = layer + (b.core.ffn.params(m.d_model) - m.ffn.params(m.d_model) if b.core.ffn else 0)
+        total += copies * b.core.layers * (core_layer + b.core.attention.params(m))
     for block in ("stack", "prelude", "core", "coda"):  # value-embedding tables: a vocabulary each
         node = getattr(b, block)
         if node is not None and node.value_embedding is not None:
@@ -287,7 +298,7 @@ def _check_blocks(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
                 )
             )
     le = core.loop_embedding
-    if le is not None and le.max_loops < core.loops:
+    if le is not None and le.rows is not None and le.rows < core.loops:
         problems.append(
             (
                 ("blocks", "core", "loop_embedding", "max_loops"),
@@ -342,7 +353,7 @@ def _check_depth(spec: Spec, problems: list[tuple[Path_, str]]) -> None:
     if top < d.min:
         problems.append(((*at, "max"), f"{top} is below min {d.min}"))
     table = core.loop_embedding
-    if table is not None and top > table.max_loops:
+    if table is not None and table.rows is not None and top > table.rows:
         problems.append(((*at, "max"), f"{top} loops exceed the loop table's {table.max_loops} rows"))
 
 

@@ -53,6 +53,7 @@ def print_params(report: ParamReport) -> None:
     summary.add_column(justify="left")
     rows = [
         ("stored", report.stored, "unique parameters (shared and tied counted once)"),
+        ("active", report.active, "touched per token (MoE: top-k + shared experts)"),
         ("effective", report.effective, "size x calls per forward: the unrolled network"),
         ("effective (paper)", report.effective_paper, "the CART author's count_parameters()"),
         ("embedding", report.embedding, "vocab x d (once when tied), value-embedding tables"),

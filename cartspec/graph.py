@@ -32,6 +32,7 @@ class Group:
     flops: int  # forward FLOPs per sequence of one call (0 for the embedding and head)
     loop_control: bool = False  # gate, state mix, loop embedding: the paper counts them once
     members: list[str] = field(default_factory=list)
+    inactive: int = 0  # parameters a token does not touch: routed experts it did not choose
 
     @property
     def params(self) -> int:
@@ -98,10 +99,16 @@ def build_graph(arch: Architecture) -> ModelGraph:
     edges: list[tuple[str, str]] = []
 
     def add_group(
-        name: str, kind: str, parts: dict[str, int], flops: int, loop_control: bool = False, block: str = ""
+        name: str,
+        kind: str,
+        parts: dict[str, int],
+        flops: int,
+        loop_control: bool = False,
+        inactive: int = 0,
+        block: str = "",
     ) -> None:
         block = block or name.split(".")[0]
-        groups[name] = Group(name, name, block, kind, parts, flops, loop_control, [name])
+        groups[name] = Group(name, name, block, kind, parts, flops, loop_control, [name], inactive)
 
     def use(u: Use, after: str | None) -> str:
         uses.append(u)
@@ -180,15 +187,15 @@ def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
     parts: dict[str, int] = {}
     for j in range(core.layers):
         for k, v in arch.layer_parts(
-            core.attention, core.norm_placement, values if j in gates else None
+            core.attention, core.norm_placement, values if j in gates else None, core.ffn
         ).items():
             parts[k] = parts.get(k, 0) + v
     flops = sum(
-        arch.layer_flops(core.attention, core.norm_placement, values if j in gates else None)
+        arch.layer_flops(core.attention, core.norm_placement, values if j in gates else None, core.ffn)
         for j in range(core.layers)
     )
     for module in ["core"] if core.shared else [f"core.{r}" for r in range(core.loops)]:
-        add_group(module, "core", dict(parts), flops)
+        add_group(module, "core", dict(parts), flops, inactive=core.layers * arch.layer_inactive(core.ffn))
     modules = [p for p in arch.loop_parts() if p.attribute]  # with weights: gate, state mix, loop embedding
     for part in modules:
         parts = {part.weights: part.params(m.d_model)}
@@ -196,7 +203,7 @@ def _run_core(arch: Architecture, prev: str, add_group, use, edges) -> str:
             part.attribute, part.attribute, parts, part.flops(m.d_model, m.max_seq_len), part.loop_control
         )
     before = [p.attribute for p in modules if not p.on_output]
-    after = [p.attribute for p in modules if p.on_output]
+    after = [p.attribute for p in sorted((p for p in modules if p.on_output), key=lambda p: p.output_order)]
 
     state = prev
     for r in range(core.loops):
@@ -234,6 +241,7 @@ def _apply_share_groups(graph: ModelGraph) -> None:
             first.flops,
             first.loop_control,
             members,
+            first.inactive,
         )
         for module in members:
             del graph.groups[module]

@@ -80,8 +80,8 @@ def schedule(spec: Spec) -> Schedule | None:
 def default_max(spec: Spec) -> int:
     """The loop table's rows, else twice the mean (Huginn's "could unfold to" bound), at least min."""
     core, d = spec.blocks.core, spec.train.depth
-    if core.loop_embedding is not None:
-        return core.loop_embedding.max_loops
+    if core.loop_embedding is not None and core.loop_embedding.rows is not None:
+        return core.loop_embedding.rows
     mean = d.mean if d.mean is not None else core.loops
     return max(d.min, math.ceil(2 * mean))
 

@@ -16,6 +16,7 @@ from cartspec.components import kinds, union
 from cartspec.components.anchor import Anchor
 from cartspec.components.base import IDENTIFIER, Identifier, Strict
 from cartspec.components.ffn import FFN
+from cartspec.components.moe import MoE
 from cartspec.components.norm import Norm, Placement
 from cartspec.components.state import FromPrelude
 
@@ -31,6 +32,8 @@ ValueEmbedding = union(kinds("value_embedding"))
 Readout = union(kinds("readout"))
 VALUES_DOC = "Token-indexed tables added to the V of the listed layers, through a gate; null: none."
 Inject = union(kinds("inject"))
+Lora = union(kinds("lora"))
+Halt = union(kinds("halt"))
 InitState = union(kinds("init_state"))
 
 
@@ -113,6 +116,10 @@ class Core(Strict):
     )
     layers: int = Field(1, ge=1, le=64, description="Layers inside one loop of the core.")
     attention: AnyAttention = Field(..., description="cross (to an anchor) or self-attention (mha, mla).")
+    ffn: MoE | None = Field(
+        None,
+        description="The core's FFN: null, the model's FFN; moe, a mixture of experts (routed top-k plus shared).",
+    )
     value_embedding: ValueEmbedding | None = Field(
         None, description=VALUES_DOC + " Looked up once per forward, read by every loop."
     )
@@ -127,6 +134,13 @@ class Core(Strict):
     )
     inject: Inject | None = Field(
         None, description="How each loop's input re-reads the prelude output e; null: it does not (CART)."
+    )
+    lora: Lora | None = Field(
+        None, description="A per-loop low-rank correction of the core's output (before the gate); null: none."
+    )
+    halt: Halt | None = Field(
+        None,
+        description="Halting: the coda reads a learned weighting of the loop's states; null: the last state.",
     )
     init_state: InitState = Field(
         default_factory=lambda: FromPrelude(kind="prelude"),

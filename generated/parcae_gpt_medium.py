@@ -131,9 +131,9 @@ class LayerKV:
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys and values after the cached ones; return all of them."""
-        if self.k is None:
-            shape = (*k.shape[:-2], self.size, k.size(-1))
-            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        if self.k is None:  # keys and values may differ in width (DeepSeek MLA)
+            self.k = k.new_empty((*k.shape[:-2], self.size, k.size(-1)))
+            self.v = v.new_empty((*v.shape[:-2], self.size, v.size(-1)))
         end = self.length + k.size(-2)
         self.k[..., self.length : end, :] = k
         self.v[..., self.length : end, :] = v

@@ -173,6 +173,44 @@ def mla(
     return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
 
 
+def deepseek_mla(
+    x: torch.Tensor,
+    w: Weights,
+    n_heads: int,
+    rope: tuple[float, str] | None,
+    causal: bool,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """DeepSeek-style latent attention (widths from the weight shapes): q = [q_up_nope c_q, q_up_rope c_q]
+    with c_q = norm(q_down x); kv_down x = [c_kv, k_r]; [k_nope, v] = kv_up norm(c_kv) per head; every
+    head's key is [k_nope, k_r], k_r one key for all heads; RoPE on the rope parts only. The norms are
+    the model's (a LayerNorm when they carry a bias)."""
+
+    def norm(z: torch.Tensor, name: str) -> torch.Tensor:
+        if f"{name}.bias" in w:
+            return layernorm(z, w[f"{name}.weight"], w[f"{name}.bias"], eps)
+        return rmsnorm(z, w[f"{name}.weight"], eps)
+
+    kv_rank = w["kv_norm.weight"].shape[0]
+    rope_dim = w["kv_down.weight"].shape[0] - kv_rank
+    nope = w["q_up_nope.weight"].shape[0] // n_heads
+    c_q = norm(linear(x, w["q_down.weight"]), "q_norm")
+    q_nope, q_rope = (
+        heads(linear(c_q, w["q_up_nope.weight"]), n_heads),
+        heads(linear(c_q, w["q_up_rope.weight"]), n_heads),
+    )
+    down = linear(x, w["kv_down.weight"])
+    c_kv, k_r = down[..., :kv_rank], heads(down[..., kv_rank:], 1)
+    assert k_r.shape[-1] == rope_dim
+    up = heads(linear(norm(c_kv, "kv_norm"), w["kv_up.weight"]), n_heads)
+    k_nope, v = up[..., :nope], up[..., nope:]
+    if rope is not None:  # (base, style)
+        q_rope, k_r = rotate(q_rope, *rope), rotate(k_r, *rope)
+    q = torch.cat([q_nope, q_rope], dim=-1)
+    k = torch.cat([k_nope, k_r.expand(-1, n_heads, -1, -1)], dim=-1)
+    return linear(unheads(attend(q, k, v, causal)), w["o_proj.weight"])
+
+
 def cross(
     x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: Weights, n_heads: int, causal: bool
 ) -> torch.Tensor:
@@ -197,6 +235,51 @@ def lti_gate(h_in: torch.Tensor, block_out: torch.Tensor, a: torch.Tensor, form:
     """cart: sigmoid(a) * h_in + block(h_in); contractive: sigmoid(a) * h_in + (block(h_in) - h_in)."""
     decay = 1.0 / (1.0 + torch.exp(-a))
     return decay * h_in + (block_out if form == "cart" else block_out - h_in)
+
+
+def decay_gate(h_prev: torch.Tensor, e: torch.Tensor, block_out: torch.Tensor, w: Weights) -> torch.Tensor:
+    """A * h_prev + B * e + block(h_in), A = exp(-exp(log_dt + log_A)), the exponent clamped to +-20."""
+    exponent = torch.clamp(w["log_dt"] + w["log_A"], -20.0, 20.0)
+    return torch.exp(-torch.exp(exponent)) * h_prev + w["B"] * e + block_out
+
+
+def moe(x: torch.Tensor, w: Weights, top_k: int) -> torch.Tensor:
+    """Every token: the top_k experts by router logits + router_bias, weighted by their softmax
+    probabilities over all experts renormalised over the chosen; plus every shared expert, unweighted."""
+    logits = linear(x, w["router.weight"])
+    probs = torch.exp(logits - logits.amax(dim=-1, keepdim=True))
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    order = torch.argsort(logits + w["router_bias"], dim=-1, descending=True)
+    chosen = torch.zeros_like(probs).scatter(-1, order[..., :top_k], 1.0) * probs
+    gates = chosen / chosen.sum(dim=-1, keepdim=True)
+    experts = sorted({int(k.split(".")[1]) for k in w if k.startswith("experts.")})
+    out = sum(gates[..., e : e + 1] * swiglu(x, _sub(w, f"experts.{e}.")) for e in experts)
+    shared = sorted({int(k.split(".")[1]) for k in w if k.startswith("shared.")})
+    return out + sum((swiglu(x, _sub(w, f"shared.{s}.")) for s in shared), torch.zeros_like(x))
+
+
+def loop_lora(out: torch.Tensor, r: int, w: Weights) -> torch.Tensor:
+    """out + (down(out) * scale[min(r, rows - 1)]) @ B."""
+    row = w["scale"][min(r, w["scale"].shape[0] - 1)]
+    return out + linear(out, w["down.weight"]) * row @ w["B"]
+
+
+def act_step(h, spent, halted, w: Weights, threshold: float):
+    """p = sigmoid(proj(h)); weight p, or 1 - spent once spent + p reaches the threshold; 0 once halted."""
+    p = torch.sigmoid(linear(h, w["proj.weight"]) + w["proj.bias"])[..., 0]
+    live = (~halted).float()
+    weight = torch.where(spent + p >= threshold, (1 - spent).clamp(min=0), p) * live
+    spent = spent + p * live
+    return weight[..., None], spent, halted | (spent >= threshold)
+
+
+def channel_signal(r: int, d: int, fraction: int, base: float) -> torch.Tensor:
+    """[d]: with n = d // fraction channels and m = ceil(n / 2) frequencies w_j = base^(-2j / n), the first
+    n of [sin(r w_0) .. sin(r w_{m-1}), cos(r w_0) .. cos(r w_{m-1})], then zeros."""
+    n = d // fraction
+    freqs = [base ** (-2 * j / n) for j in range((n + 1) // 2)]
+    values = [math.sin(r * f) for f in freqs] + [math.cos(r * f) for f in freqs]
+    return torch.tensor(values[:n] + [0.0] * (d - n), dtype=torch.float32)
 
 
 def residual_gate(h_in: torch.Tensor, block_out: torch.Tensor) -> torch.Tensor:
@@ -290,8 +373,10 @@ class Reference:
             return rmsnorm(x, w["weight"], self.eps)
         return layernorm(x, w["weight"], w["bias"], self.eps)
 
-    def ffn(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+    def ffn(self, x: torch.Tensor, prefix: str, moe_spec: dict | None = None) -> torch.Tensor:
         w = _sub(self.sd, prefix)
+        if moe_spec is not None:
+            return moe(x, w, moe_spec["top_k"])
         if self.ffn_kind == "relu2":
             return relu2_mlp(x, w, self.ffn_scale)
         return swiglu(x, w) if self.ffn_kind == "swiglu" else gelu_mlp(x, w)
@@ -302,19 +387,22 @@ class Reference:
         if a["kind"] == "cross":
             return cross(x, *kv, w, self.n_heads, a["causal"])
         rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
+        if a["kind"] == "deepseek_mla":
+            return deepseek_mla(x, w, self.n_heads, rope, a["causal"], self.eps)
         if a["kind"] == "mha":
             return mha(x, w, self.n_heads, rope, a["causal"], a["qk_norm"], value)
         return mla(x, w, self.n_heads, rope, a["causal"])
 
     def layer(self, x: torch.Tensor, prefix: str, stage: dict, kv=None, value=None) -> torch.Tensor:
-        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x)); sandwich: each sum normalised again."""
+        """Pre-norm: x + attn(norm(x)), then x + ffn(norm(x)); sandwich: each sum normalised again.
+        The FFN is the stage's own (the core's mixture of experts) when it has one."""
         attn = self.attention(
             self.norm(x, f"{prefix}attn_norm."), f"{prefix}attn.", stage["attention"], kv, value
         )
         x = x + attn
         if stage.get("norm_placement", self.placement) == "sandwich":
             x = self.norm(x, f"{prefix}attn_out_norm.")
-        x = x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.")
+        x = x + self.ffn(self.norm(x, f"{prefix}ffn_norm."), f"{prefix}ffn.", stage.get("ffn"))
         if stage.get("norm_placement", self.placement) == "sandwich":
             x = self.norm(x, f"{prefix}ffn_out_norm.")
         return x
@@ -343,13 +431,17 @@ class Reference:
             x = self.layer(x, prefix if n == 1 else f"{prefix}layers.{j}.", core, kv, values[j])
         return x
 
-    def loop_step(self, h_in: torch.Tensor, r: int, kv, values=None) -> torch.Tensor:
+    def loop_step(self, h_in: torch.Tensor, r: int, kv, values=None, h_prev=None, e=None) -> torch.Tensor:
         gate = self.blocks["core"].get("gate")
         out = self.core_block(h_in, r, kv, values)
+        if "lora" in self.blocks["core"]:
+            out = loop_lora(out, r, _sub(self.sd, "lora."))
         if gate is None:
             return out
         if gate["kind"] == "residual":
             return residual_gate(h_in, out)
+        if gate["kind"] == "decay":
+            return decay_gate(h_prev, e, out, _sub(self.sd, "gate."))
         return lti_gate(h_in, out, self.sd["gate.a"], gate.get("form", "cart"))
 
     def logits(self, idx: torch.Tensor, loops: int | None = None) -> torch.Tensor:
@@ -384,22 +476,39 @@ class Reference:
         mix, table = core.get("state_mix"), core.get("loop_embedding")
         h0 = initial_state(e, core.get("init_state") or {}, self.model["max_seq_len"])
         states = [h0] * mix.get("taps", 3) if mix is not None else [h0]
+        halt = core.get("halt")
+        h_out, spent = torch.zeros_like(e), torch.zeros(e.shape[:-1])
+        halted = torch.zeros(e.shape[:-1], dtype=torch.bool)
         for r in range(loops):
             h_in = hyper_mix(states, self.sd["state_mix.weights"]) if mix is not None else states[0]
-            if table is not None:
+            if table is not None and table["kind"] == "channels":
+                h_in = h_in + channel_signal(r, self.d, table.get("fraction", 8), table.get("base", 10000.0))
+            elif table is not None:
                 h_in = h_in + loop_embedding(r, table.get("dim", 32), self.sd["loop_embedding.proj.weight"])
             inject = (core.get("inject") or {}).get("kind")
             if inject == "add":
                 h_in = h_in + e
+            elif inject == "add_norm":
+                norm = core["inject"].get("norm") or {}
+                w, eps = _sub(self.sd, "inject."), norm.get("eps", 1e-6)
+                if norm.get("kind", "rmsnorm") == "rmsnorm":
+                    h_in = rmsnorm(h_in + e, w["weight"], eps)
+                else:
+                    h_in = layernorm(h_in + e, w["weight"], w["bias"], eps)
             elif inject == "concat":
                 h_in = concat_inject(h_in, e, self.sd["inject.adapter.weight"])
             elif inject == "diagonal":
                 h_in = diagonal_inject(h_in, e, _sub(self.sd, "inject."))
             if every_loop:
                 kv = self.anchor(h_in)
-            h = self.loop_step(h_in, r, kv, values)
+            h = self.loop_step(h_in, r, kv, values, states[0], e)
             states = [h, *states[:-1]]
-        return states[0]
+            if halt is not None:
+                weight, spent, halted = act_step(
+                    h, spent, halted, _sub(self.sd, "halt."), halt.get("threshold", 0.99)
+                )
+                h_out = h_out + weight * h
+        return h_out if halt is not None else states[0]
 
 
 def model_logits(

@@ -138,13 +138,17 @@ def _divisors(n: int) -> list[int]:
 
 
 def _self_attention(c: Chooser, d: int, heads: int, rope: dict[str, Any]) -> dict:
-    kind = c.choice(["mha", "mla"])
+    kind = c.choice(["mha", "mla", "deepseek_mla"])
     a: dict[str, Any] = {"kind": kind}
     if kind == "mha":
         _maybe(c, a, "kv_heads", lambda: c.choice(_divisors(heads)))
         _maybe(c, a, "qk_norm", c.boolean)
-    else:
+    elif kind == "mla":
         _maybe(c, a, "kv_latent", lambda: c.integer(1, d))
+    else:  # RoPE rotates head_dim channels in every block: they share one table
+        # latents of 2 channels at least: a layernorm makes a one-channel latent constant (its bias)
+        a.update(q_rank=c.integer(2, d), kv_rank=c.integer(2, d), nope_dim=c.integer(1, 8))
+        a.update(rope_dim=d // heads, v_dim=c.integer(1, 8))
     _maybe(c, a, "rope", c.boolean)
     _maybe(c, a, "causal", c.boolean)
     a.update(rope)  # one base and style for every block: they share one table
@@ -261,13 +265,16 @@ def valid_spec(c: Chooser) -> dict:
             else:
                 core["attention"] = _self_attention(c, d, heads, rope)
                 _maybe_values(c, core, d)
-            gate = c.choice(["none", "lti", "residual"])
+            gate = c.choice(["none", "lti", "residual", "decay"])
             if gate == "lti":
                 core["gate"] = {"kind": "lti"}
                 _maybe(c, core["gate"], "init", lambda: c.choice([0.9, 0.5, 0.1, 0.99]))
                 _maybe(c, core["gate"], "form", lambda: c.choice(["cart", "contractive"]))
             elif gate == "residual":
                 core["gate"] = {"kind": "residual"}
+            elif gate == "decay":
+                core["gate"] = {"kind": "decay"}
+                _maybe(c, core["gate"], "b_init", lambda: c.choice([0.1, -0.5, 1.0]))
             if core.get("gate", {}).get("form") == "contractive":  # needs an update delta: pre-norm
                 if norm.get("placement") == "sandwich" or c.boolean():
                     core["norm_placement"] = "pre"
@@ -275,16 +282,38 @@ def valid_spec(c: Chooser) -> dict:
                 _maybe(c, core, "norm_placement", lambda: c.choice(PLACEMENTS))
             _maybe(c, core, "out_norm", c.boolean)
             if c.boolean():
+                experts = c.integer(2, 4)
+                moe: dict[str, Any] = {"kind": "moe", "experts": experts, "top_k": c.integer(1, experts)}
+                moe["hidden"] = c.integer(1, 16)
+                _maybe(c, moe, "shared", lambda: c.integer(0, 2))
+                _maybe(c, moe, "shared_hidden", lambda: c.integer(1, 16))
+                core["ffn"] = moe
+            if c.boolean():
+                core["lora"] = {
+                    "kind": "per_loop",
+                    "rank": c.integer(1, 4),
+                    "max_loops": c.integer(1, loops + 1),
+                }
+            if c.boolean():
+                core["halt"] = {"kind": "act"}
+                _maybe(c, core["halt"], "threshold", lambda: c.choice([0.99, 0.5, 1.0]))
+            if c.boolean():
                 mix: dict[str, Any] = {"kind": "hyper"}
                 taps = c.integer(1, 4)
                 if taps != 3 or c.boolean():
                     mix["taps"] = taps
                 _maybe(c, mix, "init", lambda: [c.choice([1.0, 0.0, -0.5, 2.0]) for _ in range(taps)])
                 core["state_mix"] = mix
-            if c.boolean():
+            signal = c.choice(["none", "sinusoidal", "channels"])
+            if signal == "sinusoidal":
                 le: dict[str, Any] = {"kind": "sinusoidal"}
                 _maybe(c, le, "dim", lambda: c.choice([2, 4, 8, 16, 32]))
                 _maybe(c, le, "max_loops", lambda: c.integer(loops, loops + 4))
+                core["loop_embedding"] = le
+            elif signal == "channels":
+                le = {"kind": "channels"}
+                _maybe(c, le, "fraction", lambda: c.integer(1, 9))
+                _maybe(c, le, "base", lambda: c.choice([10000.0, 50.0]))
                 core["loop_embedding"] = le
             start = c.choice(["default", "prelude", "zeros", "trunc_normal"])
             if start == "trunc_normal":  # seeded: evaluation must be deterministic to be compared
@@ -294,13 +323,17 @@ def valid_spec(c: Chooser) -> dict:
                 core["init_state"] = init
             elif start != "default":
                 core["init_state"] = {"kind": start}
-            # a zero start queries the anchor with zeros: one loop would attend uniformly (K gets no
-            # gradient) and an anchor recomputed from the loop input would never see the tokens
-            frozen = blocks.get("anchor", {}).get("recompute", "never") == "never"
+            # a loop must read the prelude output: a zero start queries the anchor with zeros (one loop
+            # would attend uniformly and K gets no gradient), an anchor recomputed from the loop input
+            # never sees the tokens, and an anchor read from the embedding leaves the prelude unused
+            anchor = blocks.get("anchor", {})
+            frozen = anchor.get("recompute", "never") == "never" and anchor.get("from") != "embedding"
             cross = core["attention"]["kind"] == "cross" and frozen and start != "zeros"
             reads_input = cross or start in ("default", "prelude")
             if c.boolean() or not reads_input:  # a loop must read the tokens somehow
-                core["inject"] = {"kind": c.choice(["add", "concat", "diagonal"])}
+                core["inject"] = {"kind": c.choice(["add", "add_norm", "concat", "diagonal"])}
+                if core["inject"]["kind"] == "add_norm" and c.boolean():
+                    core["inject"]["norm"] = {"kind": c.choice(["rmsnorm", "layernorm"]), "eps": 1e-5}
             _maybe(c, core, "checkpoint", c.boolean)
             _maybe(c, core, "readout", lambda: {"kind": "linear"})
             blocks["core"] = core
@@ -394,14 +427,25 @@ def counts(spec: dict) -> tuple[int, int]:
     def attention(a: dict) -> int:
         if a["kind"] == "cross":
             return 2 * d * d
+        if a["kind"] == "deepseek_mla":  # projections, and a norm on each latent
+            q, kv, nope, rope, v = (a[k] for k in ("q_rank", "kv_rank", "nope_dim", "rope_dim", "v_dim"))
+            projections = (
+                d * q + q * heads * (nope + rope) + d * (kv + rope) + kv * heads * (nope + v) + heads * v * d
+            )
+            return projections + (q + kv) * norm // d
         if a["kind"] == "mla":
             return 2 * d * d + 3 * d * a.get("kv_latent", d // 4)
         bias = 2 * d if a.get("qk_bias") else 0  # (2, 1, heads, head_dim)
         return 2 * d * d + 2 * d * a.get("kv_heads", heads) * hd + bias
 
-    def layer(stage: dict) -> int:
+    def layer(stage: dict) -> int:  # the core's own FFN (a mixture of experts) when it has one
         norms = 4 if stage.get("norm_placement", placement) == "sandwich" else 2
-        return attention(stage["attention"]) + ffn_p + norms * norm
+        moe = stage.get("ffn")
+        return attention(stage["attention"]) + (moe_params(moe) if moe else ffn_p) + norms * norm
+
+    def moe_params(moe: dict) -> int:
+        shared = moe.get("shared", 0) * 3 * d * moe.get("shared_hidden", moe["hidden"] * moe["top_k"])
+        return d * moe["experts"] + moe["experts"] * 3 * d * moe["hidden"] + shared
 
     def gate(block: str, i: int) -> int:  # a value embedding's gate: channels -> K/V heads
         values = b[block].get("value_embedding")
@@ -440,12 +484,23 @@ def counts(spec: dict) -> tuple[int, int]:
             modules["core"] = (size, loops)
         else:
             modules.update({f"core.{r}": (size, 1) for r in range(loops)})
-        if core.get("gate", {}).get("kind") == "lti":
-            modules["gate"] = (d, loops)
+        gate = core.get("gate", {}).get("kind")
+        if gate in ("lti", "decay"):
+            modules["gate"] = (d if gate == "lti" else 2 * d + 1, loops)  # a; or log_A, B and log_dt
         if "state_mix" in core:
             modules["state_mix"] = (core["state_mix"].get("taps", 3), loops)
-        if "loop_embedding" in core:
+        if core.get("loop_embedding", {}).get("kind") == "sinusoidal":
             modules["loop_embedding"] = (core["loop_embedding"].get("dim", 32) * d, loops)
+        if core.get("inject", {}).get("kind") == "add_norm":
+            modules["inject"] = (
+                d * (2 if core["inject"].get("norm", {}).get("kind") == "layernorm" else 1),
+                loops,
+            )
+        if "lora" in core:  # down and B, and one scale row per table row
+            rank = core["lora"]["rank"]
+            modules["lora"] = (2 * d * rank + core["lora"]["max_loops"] * rank, loops)
+        if "halt" in core:
+            modules["halt"] = (d + 1, loops)
         if core.get("inject", {}).get("kind") == "concat":
             modules["inject"] = (2 * d * d, loops)  # Linear(2d -> d)
         if "readout" in core:

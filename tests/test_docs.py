@@ -63,6 +63,8 @@ def test_union_members_are_listed_per_kind():
         ("`blocks.core.gate.init` *(lti)*", "number in (0, 1)"),
         ("`blocks.core.gate.form` *(lti)*", "one of `cart`, `contractive`"),
         ("`blocks.core.gate.kind` *(residual)*", "`residual`"),
+        ("`blocks.core.gate.kind` *(decay)*", "`decay`"),
+        ("`blocks.core.gate.b_init` *(decay)*", "number in [-10000.0, 10^4]"),
     ]
 
 
@@ -74,7 +76,10 @@ def test_rows_show_bounds_defaults_and_nullability_from_the_schema():
         "R: how many times the core runs per forward.",
     ]
     assert by_key["`model.head_dim`"][:2] == ["integer in [4, 1024]", "`64`"]
-    assert by_key["`blocks.core.gate`"][:2] == ["mapping with `kind`: `lti`, `residual` or `null`", "`null`"]
+    assert by_key["`blocks.core.gate`"][:2] == [
+        "mapping with `kind`: `lti`, `residual`, `decay` or `null`",
+        "`null`",
+    ]
     assert by_key["`blocks.anchor.from`"][1] == "`prelude`"  # the YAML key, not the Python field from_
 
 

@@ -42,6 +42,20 @@ VARIANTS = {
         ("blocks.stack.attention={kind: mla, rope_style: interleaved}",),
     ),
     "dense_mqa_no_rope": (DENSE_TINY, ("blocks.stack.attention={kind: mha, kv_heads: 1, rope: false}",)),
+    "dense_deepseek_mla_interleaved_rope": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: deepseek_mla, q_rank: 24, kv_rank: 12, nope_dim: 6, rope_dim: 8,"
+            " v_dim: 10, rope_base: 500.0, rope_style: interleaved}",
+        ),
+    ),
+    "dense_deepseek_mla_bidirectional_no_rope": (
+        DENSE_TINY,
+        (
+            "blocks.stack.attention={kind: deepseek_mla, q_rank: 16, kv_rank: 20, nope_dim: 12, rope_dim: 4,"
+            " v_dim: 16, rope: false, causal: false}",
+        ),
+    ),
     "dense_gqa_bidirectional_gelu_layernorm_untied": (
         DENSE_TINY,
         (
@@ -85,6 +99,11 @@ VARIANTS = {
     "add_inject_zero_start": (
         CART_TINY,
         ("blocks.core.inject={kind: add}", "blocks.core.init_state={kind: zeros}"),
+    ),
+    # OpenMythos's inject with a norm of its own (a layernorm here: its bias is read too)
+    "add_norm_inject": (
+        CART_TINY,
+        ("blocks.core.inject={kind: add_norm, norm: {kind: layernorm, eps: 1.0e-5}}",),
     ),
     "dense_relu2": (DENSE_TINY, ("model.ffn={kind: relu2, scale: 0.5}",)),
     "dense_relu2_hidden": (DENSE_TINY, ("model.ffn={kind: relu2, hidden: 40}",)),
@@ -145,6 +164,13 @@ VARIANTS = {
     "layernorm_gelu_untied": (
         CART_TINY,
         ("model.norm.kind=layernorm", "model.ffn.kind=gelu", "model.tie_embeddings=false"),
+    ),
+    "decay_gate_channel_signal": (  # 64 // 7 = 9 signal channels: an odd width drops the last cosine
+        CART_TINY,
+        (
+            "blocks.core.gate={kind: decay, b_init: 0.3}",
+            "blocks.core.loop_embedding={kind: channels, fraction: 7}",
+        ),
     ),
     # Huginn's layer: fused qkv with qk_bias, fused swiglu, sandwich norms, embeddings x sqrt(d)
     "dense_huginn_layer": (
@@ -298,6 +324,17 @@ def test_mha_gqa_mqa_self_attention_equals_the_oracle(variants):
 
 def test_latent_kv_self_attention_equals_the_oracle(variants):
     _check_self_attention(variants, "mla")
+
+
+def test_deepseek_latent_attention_equals_the_oracle(variants):
+    for label in ("dense_deepseek_mla_interleaved_rope", "dense_deepseek_mla_bidirectional_no_rope"):
+        spec, model = variants[label]
+        a = attention_spec(spec, "stack")
+        module = model.stack[0].attn
+        x = activations(B, T, spec["model"]["d_model"])
+        rope = (a["rope_base"], a["rope_style"]) if a["rope"] else None
+        with torch.no_grad():
+            same(module(x), oracles.deepseek_mla(x, weights(module), n_heads(spec), rope, a["causal"]))
 
 
 def test_cross_attention_to_the_anchor_equals_the_oracle(variants):
@@ -467,9 +504,9 @@ def test_gated_value_embedding_equals_the_oracle(variants):
 
 
 def test_inject_kinds_equal_the_oracle(variants):
-    """diagonal and concat: their modules against their definitions (diagonal with weights far
-    from its identity-like start); add has no module: the whole models that use each kind equal
-    the oracle."""
+    """diagonal, concat and add_norm: their modules against their definitions (diagonal with
+    weights far from its identity-like start); add has no module: the whole models that use each
+    kind equal the oracle."""
     spec, model = variants["self_attn_core_values"]
     d = spec["model"]["d_model"]
     h, e = activations(B, T, d, seed=12), activations(B, T, d, seed=13)
@@ -480,7 +517,12 @@ def test_inject_kinds_equal_the_oracle(variants):
     h, e = activations(B, T, d, seed=30), activations(B, T, d, seed=31)
     with torch.no_grad():
         same(model.inject(h, e), oracles.concat_inject(h, e, model.inject.adapter.weight))
-    for label in ("self_attn_core_values", "huginn_loop", "add_inject_zero_start"):
+    spec, model = variants["add_norm_inject"]
+    d = spec["model"]["d_model"]
+    h, e = activations(B, T, d, seed=32), activations(B, T, d, seed=33)
+    with torch.no_grad():
+        same(model.inject(h + e), oracles.layernorm(h + e, model.inject.weight, model.inject.bias, 1e-5))
+    for label in ("self_attn_core_values", "huginn_loop", "add_inject_zero_start", "add_norm_inject"):
         spec, model = variants[label]
         idx = tokens(B, T, spec["model"]["vocab_size"], seed=14)
         with torch.no_grad():
@@ -566,6 +608,21 @@ def test_residual_gate_and_no_gate_equal_the_oracle(variants):
         _loop_step_vs_oracle(variants, label)
 
 
+def test_decay_gate_equals_the_oracle(variants):
+    spec, model = variants["decay_gate_channel_signal"]
+    d = spec["model"]["d_model"]
+    h_prev, e, out = (activations(B, T, d, seed=30 + i) for i in range(3))
+    with torch.no_grad():
+        same(model.gate(h_prev, e, out), oracles.decay_gate(h_prev, e, out, weights(model.gate)))
+
+
+def test_channel_loop_signal_equals_the_oracle_at_any_loop(variants):
+    spec, model = variants["decay_gate_channel_signal"]
+    d, fraction = spec["model"]["d_model"], spec["blocks"]["core"]["loop_embedding"]["fraction"]
+    for r in (1, 2, 7, 40):  # no table: any loop index
+        same(model.loop_embedding(r), oracles.channel_signal(r, d, fraction, 10000.0))
+
+
 def test_hyper_state_mix_equals_the_oracle(variants):
     for label in ("cart", "no_gate_two_taps"):
         spec, model = variants[label]
@@ -595,6 +652,9 @@ ORACLES = {
     ("attention", "cross"): test_cross_attention_to_the_anchor_equals_the_oracle,
     ("gate", "lti"): test_lti_gate_in_both_forms_and_multi_layer_cores_equals_the_oracle,
     ("gate", "residual"): test_residual_gate_and_no_gate_equal_the_oracle,
+    ("gate", "decay"): test_decay_gate_equals_the_oracle,
+    ("attention", "deepseek_mla"): test_deepseek_latent_attention_equals_the_oracle,
+    ("loop_embedding", "channels"): test_channel_loop_signal_equals_the_oracle_at_any_loop,
     ("state_mix", "hyper"): test_hyper_state_mix_equals_the_oracle,
     ("loop_embedding", "sinusoidal"): test_loop_embedding_equals_the_oracle_at_every_row,
     ("ffn", "swiglu"): test_swiglu_equals_the_oracle,
@@ -603,6 +663,7 @@ ORACLES = {
     ("value_embedding", "gated"): test_gated_value_embedding_equals_the_oracle,
     ("readout", "linear"): test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop,
     ("inject", "add"): test_inject_kinds_equal_the_oracle,
+    ("inject", "add_norm"): test_inject_kinds_equal_the_oracle,
     ("inject", "concat"): test_inject_kinds_equal_the_oracle,
     ("inject", "diagonal"): test_inject_kinds_equal_the_oracle,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,

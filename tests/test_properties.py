@@ -74,15 +74,36 @@ def test_the_per_block_table_sums_to_the_totals(spec):
 @given(spec=valid_specs())
 def test_forward_flops_follow_the_papers_formula_over_every_attention_use(spec):
     """docs/accounting.md: forward = 2 x (effective (paper) - embedding) x T + 4 x A x T^2 x d, with
-    A one attention use per stack, prelude and coda layer and core.layers per loop."""
+    A one attention use per stack, prelude and coda layer and core.layers per loop; except that a
+    mixture of experts costs only the experts a token runs, a LoRA's table row is looked up, not
+    multiplied, and DeepSeek MLA's scores cost 2 x T^2 x heads x (nope + rope + v)."""
     report = account(resolved(spec).graph)
     m, blocks = spec["model"], spec["blocks"]
     core = blocks.get("core")
-    uses = sum(blocks[b]["layers"] for b in ("stack", "prelude", "coda") if b in blocks)
-    uses += core.get("layers", 1) * core["loops"] if core else 0
+    stages = [(blocks[b], blocks[b]["layers"]) for b in ("stack", "prelude", "coda") if b in blocks]
+    stages += [(core, core.get("layers", 1) * core["loops"])] if core else []
     T, d = m["max_seq_len"], m["d_model"]
-    assert report.flops.attention_uses == uses
-    paper = 2 * (report.effective_paper - report.embedding) * T + 4 * uses * T * T * d
+    assert report.flops.attention_uses == sum(n for _, n in stages)
+    scores = 0
+    for block, n in stages:
+        a = block["attention"]
+        width = a["nope_dim"] + a["rope_dim"] + a["v_dim"] if a["kind"] == "deepseek_mla" else None
+        scores += n * (2 * T * T * (d // m["head_dim"]) * width if width else 4 * T * T * d)
+    untouched = 0  # parameters that are stored per call but cost no FLOPs
+    if core is not None:
+        moe, lora = core.get("ffn"), core.get("lora")
+        if moe is not None:
+            untouched += (
+                core.get("layers", 1)
+                * core["loops"]
+                * (moe["experts"] - moe["top_k"])
+                * 3
+                * d
+                * moe["hidden"]
+            )
+        if lora is not None:
+            untouched += core["loops"] * lora["max_loops"] * lora["rank"]
+    paper = 2 * (report.effective_paper - report.embedding - untouched) * T + scores
     assert report.flops.forward_per_sequence == paper
     assert report.flops.head_per_sequence == 2 * m["vocab_size"] * d * T
     assert report.flops.train_per_token == 3 * report.flops.forward_per_sequence / T
@@ -176,6 +197,11 @@ M = {
     "head_dim": 8,
     "ffn": {"kind": "swiglu", "multiple_of": 16},
 }
+MYTHOS_MLA = {
+    "kind": "deepseek_mla",
+    **{"q_rank": 12, "kv_rank": 6, "nope_dim": 4, "rope_dim": 8, "v_dim": 6},
+    **{"rope_base": 500.0, "rope_style": "interleaved"},
+}
 # Corners every torch property runs besides the drawn specs, so each feature is met on every run.
 CORNERS = [
     {  # CART with everything at once, unfrozen anchor, unshared core sharing two of its loops
@@ -224,6 +250,25 @@ CORNERS = [
         "model": M,
         "blocks": {"stack": {"layers": 3, "attention": {"kind": "mha", "causal": False, "rope_base": 500.0}}},
         "share": [{"name": "albert", "members": ["stack.*"]}],
+    },
+    {  # OpenMythos's loop: DeepSeek MLA, a mixture of experts, the channel signal, norm(h + signal + e),
+        # a LoRA whose table is shorter than the loop, the decay update and ACT halting
+        "name": "mythos_corner",
+        "model": {**M, "norm": {"kind": "layernorm"}},
+        "blocks": {
+            "prelude": {"layers": 1, "attention": MYTHOS_MLA},
+            "core": {
+                "loops": 3,
+                "attention": MYTHOS_MLA,
+                "ffn": {"kind": "moe", "experts": 4, "top_k": 2, "shared": 1, "hidden": 8},
+                "loop_embedding": {"kind": "channels", "fraction": 3},
+                "inject": {"kind": "add_norm"},
+                "lora": {"kind": "per_loop", "rank": 2, "max_loops": 2},
+                "gate": {"kind": "decay"},
+                "halt": {"kind": "act", "threshold": 0.9},
+            },
+            "coda": {"layers": 1, "attention": MYTHOS_MLA},
+        },
     },
     {  # the anchor read straight from the embedding, full-rank GQA K and V
         "name": "config",
@@ -274,9 +319,17 @@ def test_a_tiny_forward_gives_a_finite_loss_and_backward_reaches_every_parameter
     # The blend's gradient is p_i * (s_i - sum_j p_j s_j): zero while every state it blends is the
     # same copy of e, i.e. with one tap, or one loop (the buffer starts as copies of e).
     idle_mix = mix is not None and (mix.get("taps", 3) == 1 or core["loops"] == 1)
+    # One routed expert per token: its weight, renormalised over the chosen, is always 1, so the
+    # router's logits choose but get no gradient (as in OpenMythos).
+    lone_choice = (core.get("ffn") or {}).get("top_k") == 1
     for name, p in model.named_parameters():
         assert p.grad is not None, f"{name} gets no gradient"
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        if ".ffn.experts." in name:  # a routed expert that no token chose learns nothing this step
+            continue
+        if ".ffn.router." in name and lone_choice:
+            assert p.grad.abs().max() <= 1e-6, f"{name}: {p.grad}"
+            continue
         if name == "state_mix.weights" and idle_mix:
             assert p.grad.abs().max() <= 1e-6, f"{name}: {p.grad}"
         else:
@@ -303,6 +356,7 @@ def test_the_loops_override_runs_within_the_table_and_refuses_beyond_it(out_dir,
             model(idx, loops=loops + 1)
         return
     table = core.get("loop_embedding")
+    table = table if table is not None and table["kind"] == "sinusoidal" else None  # channels: no table
     most = table.get("max_loops", 16) if table is not None else loops + 2
     for n in (1, most):
         logits, _ = model(idx, loops=n)
@@ -350,13 +404,15 @@ def test_sharing_survives_a_state_dict_and_a_safetensors_round_trip(out_dir, spe
 
 def flop_counter_view(spec: dict, report) -> int:
     """The report's forward FLOPs plus the head, as FlopCounterMode sees them (docs/accounting.md):
-    it counts matmuls only, so the norms (2 x their parameters x T per use), Huginn's qk_bias (added,
-    2 x 2d x T per use), Parcae's diagonal inject (its decay and step are elementwise) and the
-    paper's once-only loop control (the gate and the blend are elementwise) drop out, and the
-    loop-embedding projection is one matmul of one table row per loop, not one per token."""
+    it counts matmuls only, so the norms (2 x their parameters x T per use, the latent norms of DeepSeek
+    MLA and an add_norm inject's too), Huginn's qk_bias (added, 2 x 2d x T per use), Parcae's diagonal
+    inject (its decay and step are elementwise) and the elementwise loop parts (the paper's once-only
+    gate and blend, the decay gate in every loop, the halting bias) drop out, and the loop-embedding
+    projection is one matmul of one table row per loop, not one per token."""
     m, blocks = spec["model"], spec["blocks"]
     d, T = m["d_model"], m["max_seq_len"]
-    per_norm = 2 * (1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2) * d * T
+    widths = 1 if m.get("norm", {}).get("kind", "rmsnorm") == "rmsnorm" else 2
+    per_norm = 2 * widths * d * T
     placement = m.get("norm", {}).get("placement", "pre")
 
     def norms_per_layer(stage: dict) -> int:
@@ -370,22 +426,40 @@ def flop_counter_view(spec: dict, report) -> int:
     bias_uses = sum(s["layers"] for s in stages if biased(s))
     core = blocks.get("core")
     loop_control = visible = elementwise = 0
+    uses = [(s, s["layers"]) for s in stages]
+    uses += [(core, core.get("layers", 1) * core["loops"])] if core else []
+    latent_norms = 0  # DeepSeek MLA's norms on its two latents, per layer use
+    for block, n in uses:
+        a = block["attention"]
+        if a["kind"] == "deepseek_mla":
+            latent_norms += n * 2 * widths * (a["q_rank"] + a["kv_rank"]) * T
     if core is not None:
-        runs = core.get("layers", 1) * core["loops"]
+        loops = core["loops"]
+        runs = core.get("layers", 1) * loops
         norm_uses += runs * norms_per_layer(core) + (1 if core.get("out_norm") else 0)
         bias_uses += runs if biased(core) else 0
-        if (core.get("gate") or {}).get("kind") == "lti":
+        gate = (core.get("gate") or {}).get("kind")
+        if gate == "lti":
             loop_control += 2 * d * T
+        elif gate == "decay":
+            loop_control += loops * 2 * (2 * d + 1) * T
+        inject = core.get("inject") or {}
+        if inject.get("kind") == "add_norm":
+            loop_control += (
+                loops * 2 * d * T * (2 if inject.get("norm", {}).get("kind") == "layernorm" else 1)
+            )
+        if "halt" in core:
+            loop_control += loops * 2 * T  # the bias
         if "state_mix" in core:
             loop_control += 2 * core["state_mix"].get("taps", 3) * T
-        if "loop_embedding" in core:
+        if core.get("loop_embedding", {}).get("kind") == "sinusoidal":
             dim = core["loop_embedding"].get("dim", 32)
             loop_control += 2 * dim * d * T
             visible += core["loops"] * 2 * dim * d
         if (core.get("inject") or {}).get("kind") == "diagonal":  # decay and step: elementwise
             elementwise += core["loops"] * 2 * 2 * d * T
     norm_uses += sum(1 for b in ("stack", "prelude", "coda") if blocks.get(b, {}).get("output_norm"))
-    unseen = norm_uses * per_norm + bias_uses * 2 * 2 * d * T + loop_control + elementwise
+    unseen = norm_uses * per_norm + latent_norms + bias_uses * 2 * 2 * d * T + loop_control + elementwise
     return report.flops.forward_per_sequence + report.flops.head_per_sequence - unseen + visible
 
 

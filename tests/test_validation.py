@@ -163,7 +163,7 @@ def test_unknown_kind_points_at_the_kind_and_lists_the_kinds_allowed_there(cli, 
             attention: {kind: cross}   # line 6: a dense stack has no anchor to cross-attend to
         """)
     assert errors(cli) == [
-        "spec.yaml:6:17: blocks.stack.attention.kind: unknown kind 'cross'; expected one of 'mha', 'mla'"
+        "spec.yaml:6:17: blocks.stack.attention.kind: unknown kind 'cross'; expected one of 'mha', 'mla', 'deepseek_mla'"
     ]
 
 
@@ -180,7 +180,7 @@ def test_missing_kind_lists_the_kinds_allowed_there(cli, write_spec):
             gate: {init: 0.5}   # line 9
         """)
     assert errors(cli) == [
-        "spec.yaml:9:5: blocks.core.gate: missing 'kind'; expected one of 'lti', 'residual'"
+        "spec.yaml:9:5: blocks.core.gate: missing 'kind'; expected one of 'lti', 'residual', 'decay'"
     ]
 
 
@@ -279,7 +279,7 @@ def test_every_problem_is_reported_at_once_in_file_order(cli, write_spec):
         """)
     assert errors(cli) == [
         "spec.yaml:5:5: blocks.stack.layers: input should be greater than or equal to 1",
-        "spec.yaml:6:17: blocks.stack.attention.kind: unknown kind 'gqa'; expected one of 'mha', 'mla'",
+        "spec.yaml:6:17: blocks.stack.attention.kind: unknown kind 'gqa'; expected one of 'mha', 'mla', 'deepseek_mla'",
         "spec.yaml:8:3: train.steps: input should be greater than or equal to 1",
         "spec.yaml:9:3: train.seed: input should be a valid integer, got 'lots'",
     ]

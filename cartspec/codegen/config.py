@@ -40,6 +40,12 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         )
     if arch.rope_base is not None:
         entries.append(ConfigEntry(name="rope_base", type="float", value=repr(arch.rope_base)))
+        block, roped = next((name, a) for name, a in arch.named_attentions if a.rope)
+        width = roped.rope_width_rule(block)
+        if width != "self.head_dim":
+            entries.append(
+                ConfigEntry(name="rope_dim", type="int", rule=width, comment="the width RoPE rotates")
+            )
     for name in ("stack", "prelude"):
         stack = getattr(b, name)
         if stack is not None:
@@ -54,6 +60,7 @@ def config_entries(arch: Architecture) -> list[ConfigEntry]:
         if c.layers > 1:
             entries.append(ConfigEntry(name="core_layers", type="int", value=str(c.layers)))
         entries += c.attention.config_entries("core", m)
+        entries += c.ffn.config_entries() if c.ffn is not None else []
         entries += c.value_embedding.config_entries("core") if c.value_embedding else []
         for part in arch.loop_parts():
             entries += part.config_entries()
@@ -76,7 +83,7 @@ def config_checks(arch: Architecture, entries: list[ConfigEntry]) -> list[str]:
             why = f"{e.name} {{self.{e.name}}} does not divide the {{self.n_heads}} query heads"
             lines += _refuse(f"self.n_heads % self.{e.name}", why)
     core = arch.core
-    if core is not None and core.shared and core.loop_embedding is not None:
+    if core is not None and core.shared and core.loop_embedding is not None and core.loop_embedding.rows:
         why = "loops {self.loops} exceeds the {self.max_loops} rows of the loop table"
         lines += _refuse("self.loops > self.max_loops", why)
     return lines

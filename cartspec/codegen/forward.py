@@ -75,7 +75,13 @@ def _cache_context(arch: Architecture) -> dict:
 def _loop_checks(arch: Architecture) -> dict:
     """The ``loops`` override's bounds: an unshared core has exactly R blocks, a loop table R rows."""
     c = arch.core
-    lines = [
+    lines = []
+    if c.halt is not None:
+        lines += [
+            "# ACT may stop once every position has halted: at inference, at the loop count it chooses",
+            "halt_early = loops is None and depths is None and cache is None and not self.training",
+        ]
+    lines += [
         "if depths is not None:  # per-sequence loop counts: compute follows the longest",
         "    loops = int(depths.max())",
         "loops = self.config.loops if loops is None else loops",
@@ -85,7 +91,7 @@ def _loop_checks(arch: Architecture) -> dict:
             "if loops != self.config.loops:",
             '    raise ValueError(f"an unshared core has exactly {self.config.loops} blocks; got loops={loops}")',
         ]
-    elif c.loop_embedding is not None:
+    elif c.loop_embedding is not None and c.loop_embedding.rows is not None:
         lines += [
             "if not 1 <= loops <= self.config.max_loops:",
             '    raise ValueError(f"loops must be in 1..{self.config.max_loops} (table rows); got {loops}")',
@@ -129,7 +135,12 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
             else ", value: torch.Tensor | None = None"
         )
     out = f"{'self.core' if c.shared else 'core'}(h_in{kv_args})"
+    if c.lora is not None:
+        out = c.lora.adapt(out)
     step_body = c.gate.step(out) if c.gate is not None else out
+    reads = [v for v in ("h_prev", "e", "r") if any(v in p.reads for p in (c.gate, c.lora) if p is not None)]
+    step_args = "".join(f"{v}, " for v in reads)  # what the step reads besides its input
+    step_params = "".join(f"{v}: {'int | torch.Tensor' if v == 'r' else 'torch.Tensor'}, " for v in reads)
     step_doc = c.gate.step_doc() if c.gate is not None else "h = core(h_in)"
 
     lines = [_embed(arch)]
@@ -155,6 +166,12 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         lines.append(f"states = [{h0}] * {c.state_mix.taps}  # the blend's buffer starts as copies of {h0}")
     else:
         lines.append(f"h = {h0}")
+    if c.halt is not None:
+        lines += [
+            "h_out = torch.zeros_like(e)  # the halting-weighted sum of the states: what the coda reads",
+            "spent = torch.zeros(e.shape[:-1], dtype=e.dtype, device=e.device)  # halting mass per position",
+            "halted = torch.zeros(e.shape[:-1], dtype=torch.bool, device=e.device)",
+        ]
     body = ["h_prev = states[0]" if c.state_mix is not None else "h_prev = h"]
     h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
     h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
@@ -173,8 +190,8 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     if cached_core:
         block = [] if c.shared else ["self.core[r]"]
         passed = ["core_values" if c.layers > 1 else "core_values[0]"] if values else []
-        checkpointed = [*block, "h_in", *(["None", "0"] if values else []), *passed]
-        cached = [*block, "h_in", "None if cache is None else cache.core[r]", "start", *passed]
+        checkpointed = [*block, *reads, "h_in", *(["None", "0"] if values else []), *passed]
+        cached = [*block, *reads, "h_in", "None if cache is None else cache.core[r]", "start", *passed]
         indent = 20  # forward's body, the loop, the grad context, the branch
         body += [
             "if self.checkpoint_loops and torch.is_grad_enabled() and cache is None:",
@@ -190,9 +207,9 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
     else:
         body += [
             "if self.checkpoint_loops and torch.is_grad_enabled():",
-            f"    h = checkpoint(self.loop_step, {own}h_in, k, v, use_reentrant=False)",
+            f"    h = checkpoint(self.loop_step, {own}{step_args}h_in, k, v, use_reentrant=False)",
             "else:",
-            f"    h = self.loop_step({own}h_in, k, v)",
+            f"    h = self.loop_step({own}{step_args}h_in, k, v)",
         ]
     if c.state_mix is not None:
         body += [
@@ -201,6 +218,14 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         ]
     else:
         body.append("h = hold(running, h, h_prev)")
+    if c.halt is not None:
+        newest = "states[0]" if c.state_mix is not None else "h"
+        body += [
+            f"weight, spent, halted = self.halt({newest}, spent, halted, running)",
+            f"h_out = h_out + weight * {newest}",
+            "if halt_early and bool(halted.all()):",
+            "    break  # every position has halted: later loops would add nothing to h_out",
+        ]
     body += [
         "if exit_threshold is not None and (h - h_prev).norm() <= exit_threshold * h_prev.norm():",
         "    loops = r + 1  # the state has settled: later loops would barely move it",
@@ -213,7 +238,7 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         *(f"        {line}" for line in body),
         "if cache is not None:",
         "    cache.loops_used.append(loops)",
-        "x = states[0]" if c.state_mix is not None else "x = h",
+        "x = h_out" if c.halt is not None else ("x = states[0]" if c.state_mix is not None else "x = h"),
     ]
     if c.out_norm:
         lines.append("x = self.core_out_norm(x)")
@@ -227,7 +252,7 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         "step_def": wrap(
             4,
             "def loop_step(",
-            ["self", *f"{block_param}h_in: torch.Tensor{kv_params}".split(", ")],
+            ["self", *f"{block_param}{step_params}h_in: torch.Tensor{kv_params}".split(", ")],
             ") -> torch.Tensor:",
         ),
         "step_doc": step_doc,

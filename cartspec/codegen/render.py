@@ -61,6 +61,12 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _uses_math(template: str) -> bool:
+    """Whether a template's code calls the math module (the generated file imports it only then)."""
+    env = _environment()
+    return "math." in env.loader.get_source(env, template)[0]
+
+
 def class_name(name: str) -> str:
     """cart_d1024 -> CartD1024."""
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
@@ -83,7 +89,10 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
     layers = _layer_classes(arch)
     core = _core_context(arch) if arch.core else None
     entries = config_entries(arch)
-    loop_parts = [p for p in arch.loop_parts() if p.template]
+    loop_templates = [t for p in arch.loop_parts() for t in p.templates()]
+    if arch.core is not None and arch.core.init_state.template:
+        loop_templates.append(arch.core.init_state.template)
+    loop_templates = [t for t in dict.fromkeys(loop_templates) if t != m.norm.template]  # each class once
     ctx = {
         "version": __version__,
         "sha256": sha256,
@@ -95,21 +104,22 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
         "config_checks": config_checks(arch, entries),
         "norm_template": m.norm.template,
         "norm_ctor": m.norm.constructor,
+        "norm_for": m.norm.constructor_for,
         "norm_line": _final_norm(graph, m.norm.constructor),
         "ffn_template": m.ffn.template,
         "ffn_cls": m.ffn.class_name,
         "rope": arch.rope_base is not None,
+        "rope_width": "rope_dim" if any(e.name == "rope_dim" for e in entries) else "head_dim",
         "rope_style": arch.rope_style,
         "attention_classes": list(attention_classes.values()),
         "layer_classes": list({lc.name: lc for lc, _ in layers.values()}.values()),
         "anchor": arch.anchor,
         "anchor_grouped": arch.anchor is not None and arch.anchor.grouped(m),
         "core": core,
-        "loop_templates": [p.template for p in loop_parts]
-        + ([arch.core.init_state.template] if arch.core and arch.core.init_state.template else []),
+        "loop_templates": loop_templates,
         "values_template": next((v.template for _, v, _ in arch.value_stages()), ""),
         "tied": m.tie_embeddings,
-        "needs_math": any("math." in e.rule for e in entries) or bool(loop_parts),
+        "needs_math": any("math." in e.rule for e in entries) or any(map(_uses_math, loop_templates)),
         "init_lines": _init_lines(arch, graph, layers),
         "blocks_lines": wrap(8, "return [", _block_items(arch, graph), "]"),
         "head_expr": "F.linear(self.norm(x), self.embedding.weight)  # tied head: the embedding table"
@@ -193,6 +203,8 @@ def _core_context(arch: Architecture) -> dict:
         "attn_cls": cls.name,
         "size_field": "" if a.reads_anchor else f"config.core_{a.size_arg}",
         "layers": core.layers,
+        "ffn_cls": core.ffn.class_name if core.ffn is not None else arch.model.ffn.class_name,
+        "ffn_template": core.ffn.template if core.ffn is not None else None,
         "layers_lines": module_list(
             8, "layers", f"CoreLayer({layer_args})", "config.core_layers", "i" if values else "_"
         ),

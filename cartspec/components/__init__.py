@@ -7,8 +7,11 @@ the code generator read them from here.
 
 from cartspec.components import (  # noqa: F401 - registers their kinds
     attention,
+    halt,
     inject,
+    latent,
     loop,
+    lora,
     readout,
     state,
     values,

@@ -56,6 +56,14 @@ class Attention(Strict):
         """True when K/V heads are repeated to the query heads."""
         return False
 
+    def rope_width(self, m: ModelConfig) -> int:
+        """Channels of one head's query and key that RoPE rotates."""
+        return m.head_dim
+
+    def rope_width_rule(self, block: str) -> str:
+        """``rope_width`` in the generated Config's terms."""
+        return "self.head_dim"
+
     def problems(self, m: ModelConfig) -> Problems:
         """Rules that need the model's sizes (the schema checks each value alone)."""
         return []

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from cartspec.components.base import register
+from pydantic import Field
+
+from cartspec.components.base import ConfigEntry, register
 from cartspec.components.loop import LoopPart
+from cartspec.components.norm import Norm
 
 
 class Inject(LoopPart):
@@ -39,6 +42,37 @@ class Add(Inject):
 
     def doc(self) -> str:
         return "h + e"
+
+
+@register("inject")
+class AddNorm(Inject):
+    """h_in = norm(h + e), a norm of its own: OpenMythos's RMSNorm(h + loop signal + e)."""
+
+    attribute: ClassVar[str] = "inject"
+    weights: ClassVar[str] = "weight"
+
+    kind: Literal["add_norm"]
+    norm: Norm = Field(default_factory=Norm, description="The norm applied to h + e.")
+
+    def templates(self) -> list[str]:
+        return [self.norm.template] if self.norm.template else []  # the norm's class (torch has LayerNorm)
+
+    def params(self, d_model: int) -> int:
+        return self.norm.params(d_model)
+
+    def constructor(self) -> str:
+        return self.norm.constructor.replace("config.norm_eps", "config.inject_eps")
+
+    def config_entries(self) -> list[ConfigEntry]:
+        return [
+            ConfigEntry(name="inject_eps", type="float", value=repr(self.norm.eps), comment="its norm's eps")
+        ]
+
+    def read(self, h: str, e: str) -> str:
+        return f"self.inject({h} + {e})"
+
+    def doc(self) -> str:
+        return "norm(h + e)"
 
 
 @register("inject")

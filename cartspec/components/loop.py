@@ -24,6 +24,17 @@ class LoopPart(Strict):
     on_output: ClassVar[bool] = False  # runs on the core's output (a gate), else on the loop's input
     loop_control: ClassVar[bool] = True  # the CART paper counts it once, however many loops run
     template: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ()  # loop variables its step reads besides the core's output
+    output_order: ClassVar[int] = 1  # among the parts on the core's output: LoRA 0, gate 1, halting 2
+
+    @property
+    def rows(self) -> int | None:
+        """The loops a table of it can index (None: any number)."""
+        return None
+
+    def templates(self) -> list[str]:
+        """The templates of the classes its generated module needs."""
+        return [self.template] if self.template else []
 
     def params(self, d_model: int) -> int:
         return 0
@@ -191,6 +202,10 @@ class LoopEmbedding(LoopPart):
             raise ValueError("must be even (sin and cos pairs)")
         return v
 
+    @property
+    def rows(self) -> int:
+        return self.max_loops
+
     def params(self, d_model: int) -> int:
         return self.dim * d_model  # proj; the table is a buffer
 
@@ -206,4 +221,65 @@ class LoopEmbedding(LoopPart):
                 value=str(self.max_loops),
                 comment="rows of the loop-embedding table",
             ),
+        ]
+
+
+@register("gate")
+class DecayGate(LoopPart):
+    """OpenMythos's update h = A*h_prev + B*e + block(h_in), A = exp(-exp(log_dt + log_A)) in (0, 1) per channel."""
+
+    attribute: ClassVar[str] = "gate"
+    weights: ClassVar[str] = "log_A, log_dt, B"
+    on_output: ClassVar[bool] = True
+    loop_control: ClassVar[bool] = False  # runs every loop: OpenMythos counts it in its recurrent block
+    template: ClassVar[str] = "decay_gate.py.j2"
+    reads: ClassVar[tuple[str, ...]] = ("h_prev", "e")
+
+    kind: Literal["decay"]
+    b_init: float = Field(0.1, ge=-1e4, le=1e4, description="Initial B, the weight of e in every channel.")
+
+    def params(self, d_model: int) -> int:
+        return 2 * d_model + 1  # log_A, B; log_dt is one scalar
+
+    def constructor(self) -> str:
+        return "DecayGate(config.d_model, config.gate_b_init)"
+
+    def config_entries(self) -> list[ConfigEntry]:
+        return [ConfigEntry(name="gate_b_init", type="float", value=repr(self.b_init), comment="B at init")]
+
+    def step(self, out: str) -> str:
+        return f"self.gate(h_prev, e, {out})"
+
+    def step_doc(self) -> str:
+        return "h = A * h_prev + B * e + core(h_in)"
+
+    def stats(self) -> list[tuple[str, str, str]]:
+        return [("rho", "self.gate.decay().max().item()", "rho = max A, the largest per-channel decay")]
+
+
+@register("loop_embedding")
+class ChannelSignal(LoopPart):
+    """OpenMythos's loop signal: sin and cos of the loop index in the first channels; no weights, any loop count."""
+
+    attribute: ClassVar[str] = "loop_embedding"
+    template: ClassVar[str] = "channel_signal.py.j2"
+
+    kind: Literal["channels"]
+    fraction: int = Field(
+        8, ge=1, le=4096, description="The signal fills the first d_model // fraction channels."
+    )
+    base: float = Field(10000.0, gt=1, le=1e9, description="Base of the sinusoid's frequencies.")
+
+    def constructor(self) -> str:
+        return "ChannelSignal(config.d_model, config.signal_fraction, config.signal_base)"
+
+    def config_entries(self) -> list[ConfigEntry]:
+        return [
+            ConfigEntry(
+                name="signal_fraction",
+                type="int",
+                value=str(self.fraction),
+                comment="signal channels: d / this",
+            ),
+            ConfigEntry(name="signal_base", type="float", value=repr(self.base)),
         ]

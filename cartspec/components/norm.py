@@ -42,6 +42,10 @@ class Norm(Strict):
     def constructor(self) -> str:
         return _KINDS[self.kind][1]
 
+    def constructor_for(self, width: str) -> str:
+        """The constructor of this norm over ``width`` channels (a name in the generated code)."""
+        return self.constructor.replace("config.d_model", width)
+
     @property
     def template(self) -> str:
         return _KINDS[self.kind][2]

@@ -67,7 +67,7 @@ def loop_counts(config: Config, setting: bool | list[int]) -> list[int]:
     core = config.resolved.spec.blocks.core
     if not setting or core is None or not core.shared:
         return []
-    cap = core.loop_embedding.max_loops if core.loop_embedding is not None else None
+    cap = core.loop_embedding.rows if core.loop_embedding is not None else None
     counts = list(range(1, max(2 * core.loops, 16) + 1)) if setting is True else sorted(set(setting))
     return [n for n in counts if n >= 1 and (cap is None or n <= cap)]
 
