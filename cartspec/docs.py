@@ -106,7 +106,8 @@ def _rows(model: type[BaseModel], prefix: str, kind: str | None = None):
 def _row(owner: type[BaseModel], key: str, field: FieldInfo, kind: str | None) -> Row:
     shape = _shape(field.annotation)
     meaning = field.description or ""
-    if key.endswith(".kind") and kind is not None:  # the tag of a union member: say what the kind is
+    tag = key.endswith(".kind") and typing.get_args(field.annotation) == (kind,)
+    if tag:  # the tag of a union member (not a nested mapping's own kind): say what the kind is
         meaning = _doc(owner) + (f" {meaning}" if meaning else "")
         return Row(key, kind, f"`{kind}`", "required", meaning)
     if not meaning and key.endswith(".kind"):  # a kind with one choice: what the mapping is

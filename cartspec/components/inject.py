@@ -15,7 +15,7 @@ from pydantic import Field
 
 from cartspec.components.base import ConfigEntry, register
 from cartspec.components.loop import LoopPart
-from cartspec.components.norm import Norm
+from cartspec.components.norm import NormKind
 
 
 class Inject(LoopPart):
@@ -52,7 +52,7 @@ class AddNorm(Inject):
     weights: ClassVar[str] = "weight"
 
     kind: Literal["add_norm"]
-    norm: Norm = Field(default_factory=Norm, description="The norm applied to h + e.")
+    norm: NormKind = Field(default_factory=NormKind, description="The norm applied to h + e.")
 
     def templates(self) -> list[str]:
         return [self.norm.template] if self.norm.template else []  # the norm's class (torch has LayerNorm)

@@ -18,19 +18,14 @@ _KINDS = {
 }
 
 
-class Norm(Strict):
-    """The normalisation used before every mixer and FFN, and before the head."""
+class NormKind(Strict):
+    """A normalisation: its kind and eps (a norm placed by the module that holds it)."""
 
     kind: Literal["rmsnorm", "layernorm"] = Field(
         "rmsnorm",
         description="rmsnorm (weight only, computed in float32) or layernorm (weight and bias).",
     )
     eps: float = Field(1e-6, gt=0, lt=1, description="Added to the variance for stability.")
-    placement: Placement = Field(
-        "pre",
-        description="Where a layer's norms sit: pre: x + f(norm(x)) (2 norms per layer); sandwich: "
-        "norm(x + f(norm(x))) (4 per layer, the residual stream itself renormalised: Huginn). A stage may override it.",
-    )
 
     def params(self, d_model: int) -> int:
         return _KINDS[self.kind][0] * d_model
@@ -49,3 +44,13 @@ class Norm(Strict):
     @property
     def template(self) -> str:
         return _KINDS[self.kind][2]
+
+
+class Norm(NormKind):
+    """The normalisation used before every mixer and FFN, and before the head."""
+
+    placement: Placement = Field(
+        "pre",
+        description="Where a layer's norms sit: pre: x + f(norm(x)) (2 norms per layer); sandwich: "
+        "norm(x + f(norm(x))) (4 per layer, the residual stream itself renormalised: Huginn). A stage may override it.",
+    )
