@@ -23,6 +23,7 @@ from gen_helpers import CART_TINY, DENSE_TINY, build, compile_variant, randomize
 from cartspec.components import kinds
 from cartspec.components.anchor import Anchor
 from cartspec.components.ffn import FFN
+from cartspec.components.moe import MoE
 from cartspec.components.norm import Norm
 
 B, T = 2, 16
@@ -193,6 +194,20 @@ VARIANTS = {
             "blocks.core.init_state={kind: trunc_normal, scale: sqrt_d, seed: 5}",
             "blocks.core.out_norm=true",
             "share=[{name: ln_f, members: [core_out_norm, norm]}]",
+        ),
+    ),
+    # OpenMythos's loop: norm(h + signal + e), a mixture of experts, a LoRA shorter than the loop, ACT
+    "mythos_loop": (
+        CART_TINY,
+        (
+            "blocks.anchor=null",
+            "blocks.core={loops: 3, attention: {kind: mha, kv_heads: 2}}",
+            "blocks.core.ffn={kind: moe, experts: 4, top_k: 2, shared: 1, hidden: 16}",
+            "blocks.core.loop_embedding={kind: channels}",
+            "blocks.core.inject={kind: add_norm}",
+            "blocks.core.lora={kind: per_loop, rank: 4, max_loops: 2}",
+            "blocks.core.gate={kind: decay}",
+            "blocks.core.halt={kind: act, threshold: 0.9}",
         ),
     ),
     "sandwich_core_out_norm_shared": (
@@ -623,6 +638,38 @@ def test_channel_loop_signal_equals_the_oracle_at_any_loop(variants):
         same(model.loop_embedding(r), oracles.channel_signal(r, d, fraction, 10000.0))
 
 
+def test_mixture_of_experts_equals_the_oracle(variants):
+    """Routing on logits + router_bias (drawn so it moves the choice), renormalised top-k, shared experts."""
+    spec, model = variants["mythos_loop"]
+    ffn = model.core.ffn
+    x = activations(B, T, spec["model"]["d_model"], seed=40)
+    bias = ffn.router_bias.clone()
+    try:
+        with torch.no_grad():
+            ffn.router_bias.copy_(activations(bias.numel(), seed=41))
+            same(ffn(x), oracles.moe(x, weights(ffn), spec["blocks"]["core"]["ffn"]["top_k"]))
+    finally:
+        ffn.router_bias.copy_(bias)
+
+
+def test_loop_lora_and_act_halting_equal_the_oracle(variants):
+    """The LoRA at every loop (past its two-row table too), one ACT step from a half-spent mass, and the
+    whole model past the table."""
+    spec, model = variants["mythos_loop"]
+    d = spec["model"]["d_model"]
+    h, y = activations(B, T, d, seed=50), activations(B, T, d, seed=51)
+    with torch.no_grad():
+        for r in range(4):
+            same(model.lora(y, r), oracles.loop_lora(y, r, weights(model.lora)))
+        spent, halted = torch.full((B, T), 0.5), torch.zeros(B, T, dtype=torch.bool)
+        got = model.halt(h, spent, halted)
+        expected = oracles.act_step(h, spent, halted, weights(model.halt), 0.9)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, **TOL)
+        idx = tokens(B, T, spec["model"]["vocab_size"], seed=15)
+        same(model(idx, loops=5)[0], oracles.model_logits(spec, model.state_dict(), idx, 5))
+
+
 def test_hyper_state_mix_equals_the_oracle(variants):
     for label in ("cart", "no_gate_two_taps"):
         spec, model = variants[label]
@@ -664,6 +711,9 @@ ORACLES = {
     ("readout", "linear"): test_linear_readout_equals_the_oracle_and_runs_once_after_the_loop,
     ("inject", "add"): test_inject_kinds_equal_the_oracle,
     ("inject", "add_norm"): test_inject_kinds_equal_the_oracle,
+    ("lora", "per_loop"): test_loop_lora_and_act_halting_equal_the_oracle,
+    ("halt", "act"): test_loop_lora_and_act_halting_equal_the_oracle,
+    ("core_ffn", "moe"): test_mixture_of_experts_equals_the_oracle,
     ("inject", "concat"): test_inject_kinds_equal_the_oracle,
     ("inject", "diagonal"): test_inject_kinds_equal_the_oracle,
     ("norm", "rmsnorm"): test_rmsnorm_in_every_placement_equals_the_oracle,
@@ -679,18 +729,20 @@ REGISTRY_FAMILIES = (
     "value_embedding",
     "readout",
     "inject",
+    "lora",
+    "halt",
 )
 
 
 def registered_kinds() -> set[tuple[str, str]]:
     """Every kind the compiler knows: the registry's families, and the kind literals of the
-    model-wide FFN and norm and of the anchor."""
+    model-wide FFN and norm, of the core's FFN and of the anchor."""
     found = set()
     for family in REGISTRY_FAMILIES:
         for cls in kinds(family):
             for kind in typing.get_args(cls.model_fields["kind"].annotation):
                 found.add((family, kind))
-    for family, cls in (("ffn", FFN), ("norm", Norm), ("anchor", Anchor)):
+    for family, cls in (("ffn", FFN), ("norm", Norm), ("anchor", Anchor), ("core_ffn", MoE)):
         found |= {(family, kind) for kind in typing.get_args(cls.model_fields["kind"].annotation)}
     return found
 
