@@ -20,8 +20,10 @@ from cartspec.experiments.run import register, run_sweep
 PLOT_SHAPE = (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI), 4)  # rows, columns, RGBA
 SECTIONS = [
     "## Runs",
+    "## Seed groups",
     "## Looped vs dense at stored parity",
     "## Looped vs dense at effective parity",
+    "## Looped vs dense at FLOP parity",
     "## Ablations and variants against their base",
     "## Variable loop count at inference",
     "## Plots",
@@ -85,7 +87,8 @@ def test_the_runs_table_shows_the_real_runs_values(report, swept):
 def test_parity_tables_pair_each_looped_run_with_the_nearest_dense_run(report, swept):
     _, text = report
     db = db_rows(swept)
-    for heading in ("## Looped vs dense at stored parity", "## Looped vs dense at effective parity"):
+    for count in ("stored", "effective", "FLOP"):
+        heading = f"## Looped vs dense at {count} parity"
         rows = table_rows(text, heading)
         assert list(rows) == ["r2", "r3", "no_hc"]
         assert {row[2] for row in rows.values()} == {"dense_stored_r3"}  # the only dense run

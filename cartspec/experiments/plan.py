@@ -13,14 +13,14 @@ import itertools
 import math
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cartspec.accounting import ParamReport
 from cartspec.console import human
 from cartspec.errors import Problem, SpecError, UserError
-from cartspec.experiments import parity, store
+from cartspec.experiments import parity, seeds, store
 from cartspec.experiments.overrides import assignments, config_id, fit_id, spec_change, yaml_value
 from cartspec.experiments.sweepfile import Extra, SweepFile, load_sweep_file
 from cartspec.loader import Loaded, display
@@ -84,6 +84,7 @@ class Plan:
     configs: list[Config]
     eval_loops: bool | list[int] = False
     description: str = ""
+    claims: list[dict[str, Any]] = field(default_factory=list)
 
     def run_dir(self, config: Config) -> Path:
         return self.out_dir / "runs" / config.id
@@ -176,13 +177,29 @@ class _Planner:
             self.grid()
         for i, extra in enumerate(s.extra):
             self.extra(i, extra)
+        if not self.problems:
+            self.claims()
         if self.problems:
             raise SpecError(_merge(self.problems))
         if not self.configs:
             raise UserError(f"{display(self.file)}: the sweep has no configs")
-        return Plan(
-            self.name, self.file, self.out_dir, list(self.configs.values()), s.eval_loops, s.description
-        )
+        claims = [c.model_dump() for c in s.claims]
+        configs = list(self.configs.values())
+        return Plan(self.name, self.file, self.out_dir, configs, s.eval_loops, s.description, claims)
+
+    def claims(self) -> None:
+        """Every group a claim names must be a group of this sweep's configs."""
+        labels = {seeds.label(c.id, c.grid) for c in self.configs.values()}
+        for i, claim in enumerate(self.sweep.claims):
+            for key in ("variant", "base"):
+                name = getattr(claim, key)
+                if name is not None and name not in labels:
+                    known = ", ".join(sorted(labels))
+                    message = f"no group {name!r} in this sweep (groups: {known})"
+                    self.fail(self.at("claims", i, key), f"claims.{i}.{key}", message)
+            if claim.base is None and claim.measure != "loop_peak":
+                message = f"measure {claim.measure} compares two groups: name a base"
+                self.fail(self.at("claims", i), f"claims.{i}.base", message)
 
     def check_size(self) -> None:
         """Refuse a grid too large to plan before resolving any of it."""

@@ -36,7 +36,8 @@ def run_sweep(
     p.out_dir.mkdir(parents=True, exist_ok=True)
     done = failed = 0
     with _lock(p.out_dir), store.connect(p.out_dir, create=True) as con:
-        store.set_meta(con, name=p.name, sweep_file=str(p.path), description=p.description)
+        claims = json.dumps(p.claims)
+        store.set_meta(con, name=p.name, sweep_file=str(p.path), description=p.description, claims=claims)
         write_derived_specs(p)
         register(con, p)
         have = {r.id: r for r in store.rows(con)}

@@ -12,6 +12,8 @@ extra:
   - {name: no_hc, of: d128_r4, set: {blocks.core.state_mix: null}}   # an ablation of it
   - {spec: ../dense_tiny.yaml, grid: {train.seed: [1, 2]}}           # another spec file
 eval_loops: true                        # validate finished looped runs at loops 1..max(2R, 16)
+claims:                                 # statements the report tests over seeds (see report.py)
+  - {claim: Dense beats CART at stored parity, variant: dense_stored_r4, base: d128_r4, expect: lower}
 ```
 
 Problems are reported like a spec's, as ``file:line:col: path: message``.
@@ -101,6 +103,29 @@ class Extra(_Strict):
     _grid = field_validator("grid", mode="before")(_check_grid)
 
 
+class Claim(_Strict):
+    """A statement the sweep tests: a variant group's measure against a base group's (or, for
+    ``loop_peak``, one group's alone), with the direction it should go. Groups are config ids
+    without their seed part (``base`` for the grid's own seeds)."""
+
+    claim: str = Field(..., min_length=1, max_length=200, description="The statement, as a reader says it.")
+    paper: str = Field(
+        "", max_length=200, description="The figure it is compared with, as a source reports it."
+    )
+    variant: str = Field(..., pattern=IDENTIFIER, description="The group the claim is about.")
+    base: str | None = Field(None, pattern=IDENTIFIER, description="The group it is compared with.")
+    measure: Literal["val_loss", "rho", "loop_range", "loop_peak"] = Field(
+        "val_loss",
+        description="val_loss: final validation loss (shown as a perplexity ratio); rho: the LTI gate's "
+        "final rho; loop_range: worst minus best validation loss over the evaluated loop counts; "
+        "loop_peak: the best other loop count's loss minus the trained R's (needs no base).",
+    )
+    expect: Literal["lower", "higher", "same", "differs"] = Field(
+        ...,
+        description="How variant minus base should come out: below zero, above, within noise, or either way.",
+    )
+
+
 class SweepFile(_Strict):
     """A sweep: a base spec, a grid of overrides, and extra runs."""
 
@@ -115,6 +140,7 @@ class SweepFile(_Strict):
         description="After training a shared-core looped run, validate it at other loop counts: "
         "true = 1..max(2R, 16) capped at the loop table; or a list of counts.",
     )
+    claims: list[Claim] = Field(default_factory=list, description="Statements the report tests over seeds.")
 
     _overrides = field_validator("set", mode="before")(_check_overrides)
     _grid = field_validator("grid", mode="before")(_check_grid)
