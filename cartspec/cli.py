@@ -523,6 +523,12 @@ def sweep(
         ),
     ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc", min=1, help="Train each config in this many processes (one per GPU), through torchrun."
+        ),
+    ] = 1,
 ) -> None:
     """Train every config of a sweep one after another, resumably; results go to <out>/results.db."""
     from cartspec.experiments.plan import commands, dry_run_lines, plan_sweep, write_derived_specs
@@ -538,9 +544,9 @@ def sweep(
     if print_commands:
         for path in write_derived_specs(plan):
             print(f"# wrote {path} (a parity baseline's spec)", file=sys.stderr)
-        print("\n".join(commands(plan)))
+        print("\n".join(commands(plan, nproc)))
         return
-    done, failed = run_sweep(plan, device)
+    done, failed = run_sweep(plan, device, nproc=nproc)
     print(f"{done} done, {failed} failed; results in {db_path(plan.out_dir)}")
     if failed:
         raise typer.Exit(1)

@@ -393,7 +393,8 @@ def _write_run_files(run: _Run, tokenizer: Tokenizer | None) -> None:
     rundir.write_spec(run.run_dir, run.resolved)
     if tokenizer is not None:
         tokenizer.save(run.run_dir / rundir.TOKENIZER)
-    rundir.write_env(run.run_dir, run.resolved.path, machine(run.device), run.state.get("init_from"))
+    machine_entries = {**machine(run.device), "processes": run.world.size}
+    rundir.write_env(run.run_dir, run.resolved.path, machine_entries, run.state.get("init_from"))
 
 
 # ----------------------------------------------------------------------------- each step

@@ -5,7 +5,7 @@ A run folder holds everything needed to read, resume, evaluate or sample a run l
     spec.yaml        the resolved spec that was trained, every default written out
     model.py         the generated code that was trained
     tokenizer.json   the tokenizer (absent for .bin data without one)
-    env.json         versions and device
+    env.json         versions, device and processes
     metrics.jsonl    one JSON object per logged step
     checkpoints/step_NNNNNNN/   model, optimizer and RNG safetensors plus state.json
     tensorboard/     TensorBoard event files of the metrics (with --tensorboard)

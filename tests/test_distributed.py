@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -192,3 +193,28 @@ def _children(pid: int) -> list[int]:
         if fields.get("PPid", "").strip() == str(pid) and "python" in fields.get("Name", ""):
             found.append(int(status.parent.name))
     return found
+
+
+def test_a_sweep_with_nproc_trains_each_config_in_two_processes_and_records_it(
+    tmp_path: Path, cache: Path
+) -> None:
+    """`cartspec sweep --nproc 2`: the config trains through torchrun, its row is done with the
+    run's own final values, and its losses are those one process trains."""
+    sweep = tmp_path / "two.yaml"
+    sets = "\n".join(f"  - {json.dumps(s)}" for s in TINY)
+    sweep.write_text(f"name: two\nbase: {CART_TINY}\nset:\n{sets}\n")
+    command = [sys.executable, "-m", "cartspec", "sweep", str(sweep), "--nproc", "2", "--device", "cpu"]
+    env = {**os.environ, "CARTSPEC_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"1 done, 0 failed; results in {tmp_path / 'out' / 'results.db'}"
+    run = tmp_path / "out" / "runs" / "base"
+    one_process(tmp_path / "one", [], cache)
+    assert_same_training(run, tmp_path / "one")
+    with sqlite3.connect(tmp_path / "out" / "results.db") as con:
+        status, val_loss, speed = con.execute("SELECT status, val_loss, tokens_per_s FROM runs").fetchone()
+    assert status == "done" and speed > 0
+    assert val_loss == losses(run)[10][1]
+    assert json.loads((run / "env.json").read_text())["processes"] == 2

@@ -414,6 +414,6 @@ def write_derived_specs(p: Plan) -> list[Path]:
     return written
 
 
-def commands(p: Plan) -> list[str]:
+def commands(p: Plan, nproc: int = 1) -> list[str]:
     """One ``cartspec train ... --out ... --resume auto`` line per config (for a scheduler)."""
-    return [c.command(p.run_dir(c)) for c in p.configs]
+    return [c.command(p.run_dir(c)) + (f" --nproc {nproc}" if nproc > 1 else "") for c in p.configs]

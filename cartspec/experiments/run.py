@@ -29,10 +29,11 @@ Echo = Callable[[str], None]
 
 
 def run_sweep(
-    p: Plan, device: str = "auto", echo: Echo = functools.partial(print, flush=True)
+    p: Plan, device: str = "auto", echo: Echo = functools.partial(print, flush=True), nproc: int = 1
 ) -> tuple[int, int]:
     """Train every config not yet done, in order; returns (done, failed). Resumable at any point:
-    done configs are skipped, an interrupted one continues from its newest checkpoint."""
+    done configs are skipped, an interrupted one continues from its newest checkpoint. With
+    ``nproc`` > 1 each config trains in that many processes (``cartspec train --nproc``)."""
     p.out_dir.mkdir(parents=True, exist_ok=True)
     done = failed = 0
     with _lock(p.out_dir), store.connect(p.out_dir, create=True) as con:
@@ -47,8 +48,12 @@ def run_sweep(
         if todo or any(loop_counts(c, p.eval_loops) and c.id not in evaluated for c in p.configs):
             from cartspec.runtime.device import pick_device
 
-            pick_device(device)  # a wrong --device is one error, not one failed run per config
-        session = _Session(con, p, device, echo)
+            picked = pick_device(device)  # a wrong --device is one error, not one failed run per config
+            if nproc > 1:
+                from cartspec.runtime import distributed
+
+                distributed.check_devices(nproc, picked)
+        session = _Session(con, p, device, echo, nproc)
         for i, c in enumerate(p.configs, 1):
             tag = f"[{i:>{len(str(len(p.configs)))}}/{len(p.configs)}] {c.id}"
             counts = loop_counts(c, p.eval_loops)
@@ -152,6 +157,7 @@ class _Session:
     plan: Plan
     device: str
     echo: Echo
+    nproc: int = 1
 
     def finished_before(self, c: Config, tag: str, counts: list[int]) -> None:
         """A done config is not trained again, only evaluated at ``counts`` (if any are left)."""
@@ -175,9 +181,11 @@ class _Session:
         store.update(self.con, c.id, status="running", error=None)
         t0 = time.perf_counter()
         try:
-            summary = train(
-                c.resolved, Options(out=run_dir, resume="auto", device=self.device, progress="off")
-            )
+            if self.nproc > 1:
+                tokens_per_s = self.launch(c, run_dir)
+            else:
+                options = Options(out=run_dir, resume="auto", device=self.device, progress="off")
+                tokens_per_s = train(c.resolved, options).tokens_per_s
             wall = before + time.perf_counter() - t0
             if counts:
                 self.evaluate(c, counts)
@@ -192,8 +200,24 @@ class _Session:
             store.update(self.con, c.id, status="failed", error=error, wall_s=spent)
             self.echo(f"{tag}  failed: {_one_line(e)}")
             return False
-        self.record(c, tag, wall, before, summary.tokens_per_s)
+        self.record(c, tag, wall, before, tokens_per_s)
         return True
+
+    def launch(self, c: Config, run_dir: Path) -> float:
+        """Train ``c`` in ``nproc`` processes through torchrun; its tokens/s from its metrics."""
+        from cartspec.runtime import distributed
+
+        t = c.resolved.spec.train
+        distributed.split_batch(t.micro_batch, t.grad_accum, self.nproc)  # a batch it cannot split: one line
+        argv = ["train", str(c.spec_path), "--device", self.device, "--out", str(run_dir), "--resume", "auto"]
+        argv += [arg for o in c.overrides for arg in ("--set", o)]
+        code = distributed.launch(self.nproc, argv)
+        if code:
+            raise UserError(
+                f"cartspec train --nproc {self.nproc} exited with code {code} (its lines above say why)"
+            )
+        speeds = [m["tokens_per_s"] for m in read_metrics(run_dir) if m.get("tokens_per_s")]
+        return speeds[-1] if speeds else 0.0
 
     def record(self, c: Config, tag: str, wall: float, before: float, tokens_per_s: float) -> None:
         """A trained config's final values, from its own metrics, into the store and one line."""
