@@ -342,12 +342,13 @@ def _plots_section(
 ) -> list[str]:
     """Draw each plot into ``out`` as a PNG; its heading, then the image or why it is not drawn."""
     lines = ["## Plots", ""]
+    curves = done or every  # seeds still training would cut a group's curves at their last step
     for title, filename, draw in (
-        ("Loss curves", "loss_curves.png", lambda: _loss_curves(every, metrics)),
+        ("Loss curves", "loss_curves.png", lambda: _loss_curves(curves, metrics)),
         ("Validation loss vs parameters", "val_vs_params.png", lambda: _val_vs_params(done)),
         ("Validation perplexity vs loops at inference", "variable_r.png", lambda: _variable_r(done, evals)),
         ("Fixed against sampled training depth", "depth.png", lambda: _depth(done, metrics, evals)),
-        ("rho over training", "rho.png", lambda: _rho(every, metrics)),
+        ("rho over training", "rho.png", lambda: _rho(curves, metrics)),
     ):
         fig = draw()
         if isinstance(fig, str):
