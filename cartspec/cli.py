@@ -529,6 +529,14 @@ def sweep(
             "--nproc", min=1, help="Train each config in this many processes (one per GPU), through torchrun."
         ),
     ] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Train this many configs at once, each in its own process (one GPU, or a share of the cores, each).",
+        ),
+    ] = 1,
 ) -> None:
     """Train every config of a sweep one after another, resumably; results go to <out>/results.db."""
     from cartspec.experiments.plan import commands, dry_run_lines, plan_sweep, write_derived_specs
@@ -546,7 +554,7 @@ def sweep(
             print(f"# wrote {path} (a parity baseline's spec)", file=sys.stderr)
         print("\n".join(commands(plan, nproc)))
         return
-    done, failed = run_sweep(plan, device, nproc=nproc)
+    done, failed = run_sweep(plan, device, nproc=nproc, jobs=jobs)
     print(f"{done} done, {failed} failed; results in {db_path(plan.out_dir)}")
     if failed:
         raise typer.Exit(1)

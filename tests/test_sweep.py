@@ -263,3 +263,56 @@ def test_eval_loops_must_be_a_flag_or_loop_counts(cli, write_spec):
         2,
         "sweep.yaml:2:1: eval_loops: expected true, false or a list of loop counts >= 1, got [0, 2]\n",
     )
+
+
+def test_jobs_train_configs_side_by_side_to_the_values_one_at_a_time_gives(cli, tmp_path):
+    """`--jobs 2`: two configs train at once in worker processes, the store gets every row and its
+    loop evaluations, and the losses are those of the one-at-a-time sweep."""
+    path = write_mini_sweep(tmp_path)
+    rc, stdout, stderr = cli(
+        "sweep", str(path), "--out", str(tmp_path / "two"), "--device", "cpu", "--jobs", "2"
+    )
+    assert (rc, stderr) == (0, "")
+    lines = stdout.splitlines()
+    assert lines[1:3] == [
+        "[1/4] r2  training (job 1 of 2)",
+        "[2/4] r3  training (job 2 of 2)",
+    ]  # side by side
+    assert lines[-1] == f"4 done, 0 failed; results in {tmp_path / 'two' / 'results.db'}"
+    run_sweep(plan_sweep(path, tmp_path / "one"), device="cpu", echo=lambda line: None)
+
+    def results(out):
+        with sqlite3.connect(out / "results.db") as con:
+            runs = dict(con.execute("SELECT id, val_loss FROM runs WHERE status = 'done'"))
+            evals = list(con.execute("SELECT run_id, loops, val_loss FROM loop_evals ORDER BY run_id, loops"))
+        return runs, evals
+
+    (two_runs, two_evals), (one_runs, one_evals) = results(tmp_path / "two"), results(tmp_path / "one")
+    assert list(two_runs) == IDS and two_runs == pytest.approx(one_runs, abs=1e-6)
+    assert [e[:2] for e in two_evals] == [e[:2] for e in one_evals] != []
+    assert [e[2] for e in two_evals] == pytest.approx([e[2] for e in one_evals], abs=1e-6)
+
+
+def test_a_failing_job_is_recorded_and_the_others_finish(cli, tmp_path):
+    path = write_mini_sweep(tmp_path)
+    text = path.read_text().replace("{name: no_hc, of: r3, set: {blocks.core.state_mix: null}}",
+                                    "{name: no_hc, of: r3, set: {train.data.source: /nowhere.txt}}")  # fmt: skip
+    path.write_text(text)
+    rc, stdout, _ = cli("sweep", str(path), "--out", str(tmp_path / "out"), "--device", "cpu", "--jobs", "2")
+    assert rc == 1
+    assert "[4/4] no_hc  failed: " in stdout and "/nowhere.txt" in stdout
+    assert statuses(tmp_path / "out") == {
+        "r2": "done",
+        "r3": "done",
+        "dense_stored_r3": "done",
+        "no_hc": "failed",
+    }
+
+
+def test_jobs_and_nproc_together_are_one_line(cli, tmp_path):
+    path = write_mini_sweep(tmp_path)
+    rc, _, stderr = cli("sweep", str(path), "--out", str(tmp_path / "out"), "--jobs", "2", "--nproc", "2")
+    assert (rc, stderr) == (
+        2,
+        "error: --nproc and --jobs: pick one (processes for one config, or configs at once)\n",
+    )

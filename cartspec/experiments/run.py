@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from cartspec.errors import UserError
 from cartspec.experiments import store
@@ -29,11 +34,18 @@ Echo = Callable[[str], None]
 
 
 def run_sweep(
-    p: Plan, device: str = "auto", echo: Echo = functools.partial(print, flush=True), nproc: int = 1
+    p: Plan,
+    device: str = "auto",
+    echo: Echo = functools.partial(print, flush=True),
+    nproc: int = 1,
+    jobs: int = 1,
 ) -> tuple[int, int]:
     """Train every config not yet done, in order; returns (done, failed). Resumable at any point:
     done configs are skipped, an interrupted one continues from its newest checkpoint. With
-    ``nproc`` > 1 each config trains in that many processes (``cartspec train --nproc``)."""
+    ``nproc`` > 1 each config trains in that many processes (``cartspec train --nproc``); with
+    ``jobs`` > 1 that many configs train at once, each in a process of its own."""
+    if nproc > 1 and jobs > 1:
+        raise UserError("--nproc and --jobs: pick one (processes for one config, or configs at once)")
     p.out_dir.mkdir(parents=True, exist_ok=True)
     done = failed = 0
     with _lock(p.out_dir), store.connect(p.out_dir, create=True) as con:
@@ -54,6 +66,7 @@ def run_sweep(
 
                 distributed.check_devices(nproc, picked)
         session = _Session(con, p, device, echo, nproc)
+        queue: list[tuple[Config, str, float]] = []
         for i, c in enumerate(p.configs, 1):
             tag = f"[{i:>{len(str(len(p.configs)))}}/{len(p.configs)}] {c.id}"
             counts = loop_counts(c, p.eval_loops)
@@ -61,10 +74,15 @@ def run_sweep(
             if row.status == "done":
                 session.finished_before(c, tag, counts if c.id not in evaluated else [])
                 done += 1
+            elif jobs > 1:
+                queue.append((c, tag, row.wall_s or 0.0))
             elif session.train(c, tag, counts, row.wall_s or 0.0):
                 done += 1
             else:
                 failed += 1
+        if queue:
+            finished = _Jobs(session, jobs).run(queue)
+            done, failed = done + finished, failed + len(queue) - finished
     return done, failed
 
 
@@ -244,6 +262,90 @@ class _Session:
 
         _, found = evaluate_loops(self.plan.run_dir(c), counts, None, self.device)
         store.put_loop_evals(self.con, c.id, [(r.loops, r.val_loss, r.val_ppl) for r in found])
+
+
+@dataclass
+class _Job:
+    config: Config
+    tag: str
+    before: float  # training time of earlier attempts
+    started: float
+    process: subprocess.Popen
+    out: IO[bytes]
+    err: IO[bytes]
+
+
+class _Jobs:
+    """Several configs at once, each trained by ``cartspec.experiments.worker`` in its own process;
+    the threads (CPU) or the GPUs are dealt out evenly, and only this process writes the store."""
+
+    def __init__(self, session: _Session, jobs: int) -> None:
+        self.session, self.jobs = session, jobs
+        self.running: dict[int, _Job] = {}  # slot -> job
+
+    def env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        from cartspec.runtime.device import pick_device
+
+        if pick_device(self.session.device).type == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            import torch
+
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % torch.cuda.device_count())
+        return env
+
+    def start(self, slot: int, c: Config, tag: str, before: float) -> None:
+        s = self.session
+        s.echo(f"{tag}  training (job {slot + 1} of {self.jobs})")
+        store.update(s.con, c.id, status="running", error=None)
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish
+        args = [sys.executable, "-m", "cartspec.experiments.worker", str(s.plan.path), str(s.plan.out_dir)]
+        process = subprocess.Popen([*args, c.id, s.device], stdout=out, stderr=err, env=self.env(slot))
+        self.running[slot] = _Job(c, tag, before, time.perf_counter(), process, out, err)
+
+    def finish(self, slot: int) -> bool:
+        """Record a finished job in the store; False when it failed."""
+        job, s = self.running.pop(slot), self.session
+        wall = job.before + time.perf_counter() - job.started
+        job.out.seek(0)
+        job.err.seek(0)
+        stdout, stderr = job.out.read().decode(errors="replace"), job.err.read().decode(errors="replace")
+        job.out.close()
+        job.err.close()
+        if job.process.returncode != 0:
+            lines = stderr.strip().splitlines() or [f"exited with code {job.process.returncode}"]
+            error = lines[-1] if job.process.returncode == 2 else stderr or lines[-1]
+            store.update(s.con, job.config.id, status="failed", error=error, wall_s=wall)
+            s.echo(f"{job.tag}  failed: {lines[-1]}")
+            return False
+        result = json.loads(stdout.strip().splitlines()[-1])
+        store.put_loop_evals(s.con, job.config.id, [tuple(e) for e in result["loop_evals"]])
+        s.record(job.config, job.tag, wall, job.before, result["tokens_per_s"])
+        return True
+
+    def run(self, queue: list[tuple[Config, str, float]]) -> int:
+        """Train every queued config, ``jobs`` at a time; returns how many finished."""
+        done, waiting = 0, list(queue)
+        try:
+            while waiting or self.running:
+                for slot in range(self.jobs):
+                    if slot not in self.running and waiting:
+                        self.start(slot, *waiting.pop(0))
+                time.sleep(0.2)
+                for slot, job in list(self.running.items()):
+                    if job.process.poll() is not None:
+                        done += self.finish(slot)
+        except KeyboardInterrupt:
+            for job in self.running.values():  # each worker saves nothing more; its checkpoints stand
+                job.process.terminate()
+                job.process.wait()
+                spent = job.before + time.perf_counter() - job.started
+                store.update(
+                    self.session.con, job.config.id, status="pending", error="interrupted", wall_s=spent
+                )
+            raise
+        return done
 
 
 def _one_line(e: BaseException) -> str:
