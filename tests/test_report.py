@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import subprocess
@@ -93,7 +94,7 @@ def test_parity_tables_pair_each_looped_run_with_the_nearest_dense_run(report, s
         assert list(rows) == ["r2", "r3", "no_hc"]
         assert {row[2] for row in rows.values()} == {"dense_stored_r3"}  # the only dense run
     stored = table_rows(text, "## Looped vs dense at stored parity")["r3"]
-    gap = (db["dense_stored_r3"]["val_loss"] - db["r3"]["val_loss"]) / db["r3"]["val_loss"]
+    gap = math.expm1(db["dense_stored_r3"]["val_loss"] - db["r3"]["val_loss"])  # the ppl ratio
     assert stored[7] == f"{gap:+.2%}"
 
 
@@ -102,7 +103,7 @@ def test_the_ablation_table_states_the_change_and_the_delta_against_its_base(rep
     db = db_rows(swept)
     row = table_rows(text, "## Ablations and variants against their base")["no_hc"]
     assert row[1:3] == ["r3", "`blocks.core.state_mix=null`"]
-    assert row[6] == f"{(db['no_hc']['val_loss'] - db['r3']['val_loss']) / db['r3']['val_loss']:+.2%}"
+    assert row[6] == f"{math.expm1(db['no_hc']['val_loss'] - db['r3']['val_loss']):+.2%}"
 
 
 def test_the_variable_loop_table_marks_the_trained_loop_count(report):

@@ -74,10 +74,16 @@ def verdict(expect: str, ci: tuple[float, float] | None) -> str:
     return "holds" if (hi < 0) == (expect == "lower") else "does not hold"
 
 
+def signed(x: float, d: int, percent: bool = False) -> str:
+    """``x`` with a sign and ``d`` decimals (as a percentage when ``percent``); never "-0"."""
+    scale = 100 if percent else 1
+    if round(x * scale, d) == 0:
+        x = 0.0
+    return f"{x:+.{d}%}" if percent else f"{x:+.{d}f}"
+
+
 def _shown(measure: str, x: float, d: int) -> str:
-    if measure == "val_loss":
-        return f"{math.expm1(x):+.{d}%}"
-    return f"{x:+.{d}f}"
+    return signed(math.expm1(x), d, percent=True) if measure == "val_loss" else signed(x, d)
 
 
 def _figure(measure: str, diff: float, ci: tuple[float, float] | None) -> str:

@@ -21,8 +21,8 @@ from typing import Any
 
 from cartspec.console import human
 from cartspec.experiments import store
-from cartspec.experiments.claims import Evals, evaluate
-from cartspec.experiments.seeds import SEED, Group, groups, interval, mean_sd, stat
+from cartspec.experiments.claims import Evals, evaluate, signed
+from cartspec.experiments.seeds import SEED, Group, decimals, groups, interval, mean_sd, stat
 from cartspec.experiments.store import Row
 from cartspec.runtime.rundir import read_metrics
 
@@ -192,11 +192,15 @@ def _claims_section(claims: list[dict[str, Any]], done: list[Group], evals: Eval
 
 
 def _difference(a: Group, b: Group) -> tuple[str, str]:
-    """(variant - base) / base of the mean losses, and Welch's 95% interval of it (as ppl ratio)."""
-    gap = _gap(mean(_loss(a)), mean(_loss(b)))
+    """exp(mean loss of a - mean loss of b) - 1, the perplexity ratio the CART paper states gaps
+    in, and its Welch 95% interval; with an interval, both with no more digits than it supports."""
+    ratio = math.expm1(mean(_loss(a)) - mean(_loss(b)))
     ci = interval(_loss(a), _loss(b))
-    shown = "–" if ci is None else f"{math.expm1(ci[0]):+.2%} to {math.expm1(ci[1]):+.2%}"
-    return _pct(gap), shown
+    if ci is None:
+        return _pct(ratio), "–"
+    lo, hi = math.expm1(ci[0]), math.expm1(ci[1])
+    d = decimals((hi - lo) / 2, scale=100)
+    return signed(ratio, d, percent=True), f"{signed(lo, d, percent=True)} to {signed(hi, d, percent=True)}"
 
 
 PARITY_KEYS: dict[str, Callable[[Row], int]] = {
@@ -216,8 +220,9 @@ def _parity_section(done: list[Group], count: str) -> list[str]:
         return [*out, f"_No finished {missing} runs in this sweep._", ""]
     out += [
         f"Each looped group is paired with the finished dense group whose {count} count is nearest. "
-        "Gaps are (dense - looped) / looped: a negative loss gap means the dense model is better; "
-        "the interval is Welch's 95% one for the perplexity ratio, over seeds.",
+        "The count gap is (dense - looped) / looped; the ppl gap is the dense model's validation "
+        "perplexity over the looped one's, minus 1 (negative: the dense model is better), with "
+        "Welch's 95% interval over seeds.",
         "",
     ]
     rows = []
@@ -230,7 +235,7 @@ def _parity_section(done: list[Group], count: str) -> list[str]:
                      _pct(_gap(key(pair.first), key(g.first))), mean_sd(stat(_loss(g))),
                      mean_sd(stat(_loss(pair))), gap, ci])  # fmt: skip
     headers = ["looped group", count, "paired dense group", f"dense {count}", "count gap",
-               "looped val loss", "dense val loss", "loss gap", "ppl ratio 95% CI"]  # fmt: skip
+               "looped val loss", "dense val loss", "ppl gap", "95% CI"]  # fmt: skip
     return [*out, *table(headers, rows, [h not in ("looped group", "paired dense group") for h in headers])]
 
 
@@ -247,8 +252,8 @@ def _ablation_section(groups: list[Group], done: list[Group]) -> list[str]:
     if not variants:
         return [*out, "_No extra runs with an `of:` config in this sweep._", ""]
     out += [
-        "Deltas are (variant - base) / base of the seed means; the change is the difference of the "
-        "resolved specs; the interval is Welch's 95% one for the perplexity ratio.",
+        "Δ ppl is the variant's validation perplexity over its base's, minus 1 (from the seed means "
+        "of the loss), with Welch's 95% interval; the change is the difference of the resolved specs.",
         "",
     ]
     rows = []
@@ -262,7 +267,7 @@ def _ablation_section(groups: list[Group], done: list[Group]) -> list[str]:
                      human(r.stored) + (f" ({_pct(_gap(r.stored, b.stored))})" if b else ""),
                      human(r.effective) + (f" ({_pct(_gap(r.effective, b.effective))})" if b else ""),
                      mean_sd(stat(_loss(finished[g.label]))) if g.label in finished else "–", delta, ci])  # fmt: skip
-    headers = ["group", "of", "change", "stored", "effective", "val loss", "Δ loss", "ppl ratio 95% CI"]
+    headers = ["group", "of", "change", "stored", "effective", "val loss", "Δ ppl", "95% CI"]
     return [*out, *table(headers, rows, [h not in ("group", "of", "change") for h in headers])]
 
 
