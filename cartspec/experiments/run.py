@@ -280,19 +280,21 @@ class _Jobs:
     the threads (CPU) or the GPUs are dealt out evenly, and only this process writes the store."""
 
     def __init__(self, session: _Session, jobs: int) -> None:
+        import torch
+
+        from cartspec.runtime.device import pick_device
+
         self.session, self.jobs = session, jobs
         self.running: dict[int, _Job] = {}  # slot -> job
+        cuda = pick_device(session.device).type == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ
+        self.gpus = torch.cuda.device_count() if cuda else 0  # 0: leave the devices as they are
 
     def env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
         if "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
-        from cartspec.runtime.device import pick_device
-
-        if pick_device(self.session.device).type == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            import torch
-
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % torch.cuda.device_count())
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         return env
 
     def start(self, slot: int, c: Config, tag: str, before: float) -> None:
