@@ -372,10 +372,10 @@ MUTANTS = [
     ),
     Mutant(
         T + "rmsnorm.py.j2",
-        "h.pow(2).mean(-1, keepdim=True)",
-        "h.pow(2).mean(1, keepdim=True)",
+        "F.rms_norm(x, (x.size(-1),), eps=self.eps)",
+        "F.rms_norm(x, x.shape[-2:], eps=self.eps)",
         MODELS,
-        "RMSNorm reduces over positions, not channels",
+        "RMSNorm reduces over positions too, not channels alone",
     ),
     Mutant(
         T + "hyper_mix.py.j2",
