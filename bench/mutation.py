@@ -365,8 +365,8 @@ MUTANTS = [
     ),
     Mutant(
         T + "rotary.py.j2",
-        "rotated = torch.cat((-x2, x1), dim=-1)",
-        "rotated = torch.cat((x2, -x1), dim=-1)",
+        "self.sin[:, : self.head_dim // 2].neg_()",
+        "self.sin[:, self.head_dim // 2 :].neg_()",
         MODELS,
         "RoPE turns the wrong way",
     ),

@@ -85,7 +85,11 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (rotate-half form, full head dim), tables kept in float32."""
+    """Rotary position embedding (rotate-half form, full head dim), tables kept in float32.
+
+    rotate_half(x) = (-x2, x1) is x with its halves swapped and the first half negated: the sin
+    table holds that sign, so rotating swaps the halves with a roll.
+    """
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float):
         super().__init__()
@@ -100,6 +104,7 @@ class Rotary(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
+        self.sin[:, : self.head_dim // 2].neg_()  # rotate_half's sign
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q and k of positions start, start + 1, ... (start > 0 when decoding with a cache)."""
@@ -109,9 +114,8 @@ class Rotary(nn.Module):
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x.float() * cos + rotated.float() * sin).type_as(x)
+    h = x.float()
+    return (h * cos + h.roll(h.size(-1) // 2, dims=-1) * sin).type_as(x)  # x * cos + rotate_half(x) * sin
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
