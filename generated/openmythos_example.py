@@ -67,6 +67,18 @@ class Config:
         return self.moe_hidden * self.moe_top_k
 
 
+class Linear(nn.Linear):
+    """A projection without a bias. Its forward reads only the weight: nn.Linear's also looks up
+    the absent bias, a failed attribute lookup (Python builds and drops an AttributeError) that
+    costs a third of a one-token matmul when decoding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm, computed in float32: x / rms(x) * weight."""
 
@@ -190,14 +202,14 @@ class DeepSeekLatentAttention(nn.Module):
         q_rank, kv_rank, nope, rope, v = latent_dims
         H = self.n_heads = config.n_heads
         self.widths = (kv_rank, rope, nope, v)  # split points of kv_down's and kv_up's outputs
-        self.q_down = nn.Linear(config.d_model, q_rank, bias=False)
+        self.q_down = Linear(config.d_model, q_rank)
         self.q_norm = RMSNorm(q_rank, config.norm_eps)
-        self.q_up_nope = nn.Linear(q_rank, H * nope, bias=False)
-        self.q_up_rope = nn.Linear(q_rank, H * rope, bias=False)
-        self.kv_down = nn.Linear(config.d_model, kv_rank + rope, bias=False)
+        self.q_up_nope = Linear(q_rank, H * nope)
+        self.q_up_rope = Linear(q_rank, H * rope)
+        self.kv_down = Linear(config.d_model, kv_rank + rope)
         self.kv_norm = RMSNorm(kv_rank, config.norm_eps)
-        self.kv_up = nn.Linear(kv_rank, H * (nope + v), bias=False)
-        self.o_proj = nn.Linear(H * v, config.d_model, bias=False)
+        self.kv_up = Linear(kv_rank, H * (nope + v))
+        self.o_proj = Linear(H * v, config.d_model)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
@@ -222,9 +234,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.up_proj = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.down_proj = nn.Linear(config.ffn_hidden, config.d_model, bias=False)
+        self.gate_proj = Linear(config.d_model, config.ffn_hidden)
+        self.up_proj = Linear(config.d_model, config.ffn_hidden)
+        self.down_proj = Linear(config.ffn_hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -250,9 +262,9 @@ class Expert(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+        self.gate_proj = Linear(d_model, hidden)
+        self.up_proj = Linear(d_model, hidden)
+        self.down_proj = Linear(hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -266,7 +278,7 @@ class MixtureOfExperts(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.top_k = config.moe_top_k
-        self.router = nn.Linear(config.d_model, config.moe_experts, bias=False)
+        self.router = Linear(config.d_model, config.moe_experts)
         self.register_buffer("router_bias", torch.zeros(config.moe_experts))
         d, n = config.d_model, config.moe_experts
         self.experts = nn.ModuleList([Expert(d, config.moe_hidden) for _ in range(n)])
@@ -372,7 +384,7 @@ class LoopLoRA(nn.Module):
     def __init__(self, d_model: int, rank: int, rows: int, init_std: float):
         super().__init__()
         self.init_std = init_std
-        self.down = nn.Linear(d_model, rank, bias=False)
+        self.down = Linear(d_model, rank)
         self.B = nn.Parameter(torch.empty(rank, d_model))
         self.scale = nn.Parameter(torch.empty(rows, rank))  # one row per loop
 

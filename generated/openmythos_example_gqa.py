@@ -74,6 +74,18 @@ class Config:
         return self.moe_hidden * self.moe_top_k
 
 
+class Linear(nn.Linear):
+    """A projection without a bias. Its forward reads only the weight: nn.Linear's also looks up
+    the absent bias, a failed attribute lookup (Python builds and drops an AttributeError) that
+    costs a third of a one-token matmul when decoding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm, computed in float32: x / rms(x) * weight."""
 
@@ -194,10 +206,10 @@ class GroupedQueryAttention(nn.Module):
     def __init__(self, config: Config, kv_heads: int, rotary: Rotary):
         super().__init__()
         self.n_heads, self.kv_heads = config.n_heads, kv_heads
-        self.q_proj = nn.Linear(config.d_model, config.n_heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.d_model, kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.d_model, kv_heads * config.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+        self.q_proj = Linear(config.d_model, config.n_heads * config.head_dim)
+        self.k_proj = Linear(config.d_model, kv_heads * config.head_dim)
+        self.v_proj = Linear(config.d_model, kv_heads * config.head_dim)
+        self.o_proj = Linear(config.n_heads * config.head_dim, config.d_model)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
@@ -219,9 +231,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.up_proj = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.down_proj = nn.Linear(config.ffn_hidden, config.d_model, bias=False)
+        self.gate_proj = Linear(config.d_model, config.ffn_hidden)
+        self.up_proj = Linear(config.d_model, config.ffn_hidden)
+        self.down_proj = Linear(config.ffn_hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -247,9 +259,9 @@ class Expert(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+        self.gate_proj = Linear(d_model, hidden)
+        self.up_proj = Linear(d_model, hidden)
+        self.down_proj = Linear(hidden, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -263,7 +275,7 @@ class MixtureOfExperts(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.top_k = config.moe_top_k
-        self.router = nn.Linear(config.d_model, config.moe_experts, bias=False)
+        self.router = Linear(config.d_model, config.moe_experts)
         self.register_buffer("router_bias", torch.zeros(config.moe_experts))
         d, n = config.d_model, config.moe_experts
         self.experts = nn.ModuleList([Expert(d, config.moe_hidden) for _ in range(n)])
@@ -369,7 +381,7 @@ class LoopLoRA(nn.Module):
     def __init__(self, d_model: int, rank: int, rows: int, init_std: float):
         super().__init__()
         self.init_std = init_std
-        self.down = nn.Linear(d_model, rank, bias=False)
+        self.down = Linear(d_model, rank)
         self.B = nn.Parameter(torch.empty(rank, d_model))
         self.scale = nn.Parameter(torch.empty(rows, rank))  # one row per loop
 
