@@ -110,12 +110,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
     B, T, _ = x.shape
+    if T == 1:  # one decoded token: the same tensor as the transposed view, without the transpose
+        return x.view(B, n_heads, 1, -1)
     return x.view(B, T, n_heads, -1).transpose(1, 2)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """[B, n_heads, T, head_dim] -> [B, T, n_heads * head_dim]."""
     B, H, T, D = y.shape
+    if T == 1:  # one decoded token: heads are already in order
+        return y.reshape(B, 1, H * D)
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
