@@ -648,6 +648,13 @@ MUTANTS = [
         "the cache forgets how many positions it holds",
     ),
     Mutant(
+        "cartspec/codegen/templates/cache.py.j2",
+        "self.loop_rows[r] = loop_embedding(r)",
+        "self.loop_rows[r] = loop_embedding(0)",
+        DECODING,
+        "decoding embeds every loop as the first one",
+    ),
+    Mutant(
         "cartspec/codegen/forward.py",
         '"    k, v = cache.anchor.extend(k, v)  # earlier positions\' K, V come from the cache",',
         '"    k, v = k, v  # earlier positions\' K, V come from the cache",',

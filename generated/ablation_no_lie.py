@@ -424,6 +424,8 @@ class AblationNoLie(nn.Module):
             raise ValueError(f"loops must be at least 1; got {loops}")
         if exit_threshold is not None and cache is None:
             raise ValueError("early exit decodes token by token: pass a cache")
+        if depths is not None and cache is not None:
+            raise ValueError("per-sequence depths are a training schedule: decode with one loop count")
         if grad_loops is not None and grad_loops < 1:
             raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)

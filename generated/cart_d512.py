@@ -191,6 +191,7 @@ class KVCache:
     def __init__(self, config: Config, loops: int) -> None:
         self.max_seq_len, self.loops = config.max_seq_len, loops
         self.loops_used: list[int] = []  # per forward: the loops run before an early exit
+        self.loop_rows: dict[int, torch.Tensor] = {}  # loop r's embedding: the same for every token
         self.position = 0  # how many positions are cached: the next token's position
         self.prelude = [LayerKV(self.max_seq_len) for _ in range(config.prelude_layers)]
         self.anchor = LayerKV(self.max_seq_len)  # once per position, for every loop
@@ -204,6 +205,12 @@ class KVCache:
             raise ValueError(f"{self.position} cached and {new} new positions exceed {self.max_seq_len}")
         start, self.position = self.position, self.position + new
         return start
+
+    def loop_row(self, r: int, loop_embedding: nn.Module) -> torch.Tensor:
+        """Loop r's embedding, computed at the first token and kept: it does not depend on the tokens."""
+        if r not in self.loop_rows:
+            self.loop_rows[r] = loop_embedding(r)
+        return self.loop_rows[r]
 
 
 class LatentSelfAttention(nn.Module):
@@ -450,6 +457,8 @@ class CartD512(nn.Module):
             raise ValueError(f"loops must be in 1..{self.config.max_loops} (table rows); got {loops}")
         if exit_threshold is not None and cache is None:
             raise ValueError("early exit decodes token by token: pass a cache")
+        if depths is not None and cache is not None:
+            raise ValueError("per-sequence depths are a training schedule: decode with one loop count")
         if grad_loops is not None and grad_loops < 1:
             raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
@@ -465,7 +474,10 @@ class CartD512(nn.Module):
         for r, running, with_grad in loop_plan(loops, grad_loops, depths):
             with torch.set_grad_enabled(grad and with_grad):
                 h_prev = states[0]
-                h_in = self.state_mix(states) + self.loop_embedding(r)
+                r_embedding = (
+                    self.loop_embedding(r) if cache is None else cache.loop_row(r, self.loop_embedding)
+                )
+                h_in = self.state_mix(states) + r_embedding
                 if self.checkpoint_loops and torch.is_grad_enabled():
                     h = checkpoint(self.loop_step, h_in, k, v, use_reentrant=False)
                 else:

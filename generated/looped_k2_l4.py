@@ -327,6 +327,8 @@ class LoopedK2L4(nn.Module):
             raise ValueError(f"loops must be at least 1; got {loops}")
         if exit_threshold is not None:
             raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")
+        if depths is not None and cache is not None:
+            raise ValueError("per-sequence depths are a training schedule: decode with one loop count")
         if grad_loops is not None and grad_loops < 1:
             raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
