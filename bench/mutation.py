@@ -365,17 +365,17 @@ MUTANTS = [
     ),
     Mutant(
         T + "rotary.py.j2",
-        "rotated = torch.cat((-x2, x1), dim=-1)",
-        "rotated = torch.cat((x2, -x1), dim=-1)",
+        "self.sin[:, : self.head_dim // 2].neg_()",
+        "self.sin[:, self.head_dim // 2 :].neg_()",
         MODELS,
         "RoPE turns the wrong way",
     ),
     Mutant(
         T + "rmsnorm.py.j2",
-        "h.pow(2).mean(-1, keepdim=True)",
-        "h.pow(2).mean(1, keepdim=True)",
+        "F.rms_norm(x, (x.size(-1),), eps=self.eps)",
+        "F.rms_norm(x, x.shape[-2:], eps=self.eps)",
         MODELS,
-        "RMSNorm reduces over positions, not channels",
+        "RMSNorm reduces over positions too, not channels alone",
     ),
     Mutant(
         T + "hyper_mix.py.j2",
@@ -646,6 +646,13 @@ MUTANTS = [
         "",
         DECODING,
         "the cache forgets how many positions it holds",
+    ),
+    Mutant(
+        "cartspec/codegen/templates/cache.py.j2",
+        "self.loop_rows[r] = loop_embedding(r)",
+        "self.loop_rows[r] = loop_embedding(0)",
+        DECODING,
+        "decoding embeds every loop as the first one",
     ),
     Mutant(
         "cartspec/codegen/forward.py",

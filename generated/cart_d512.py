@@ -70,6 +70,18 @@ class Config:
         return self.d_model // 4
 
 
+class Linear(nn.Linear):
+    """A projection without a bias. Its forward reads only the weight: nn.Linear's also looks up
+    the absent bias, a failed attribute lookup (Python builds and drops an AttributeError) that
+    costs a third of a one-token matmul when decoding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm, computed in float32: x / rms(x) * weight."""
 
@@ -82,13 +94,16 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.type_as(x)
+        # x * rsqrt(mean(x^2) + eps) in one call, computed in float32 and cast back to x's dtype
+        return self.weight * F.rms_norm(x, (x.size(-1),), eps=self.eps)
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding (rotate-half form, full head dim), tables kept in float32."""
+    """Rotary position embedding (rotate-half form, full head dim), tables kept in float32.
+
+    rotate_half(x) = (-x2, x1) is x with its halves swapped and the first half negated: the sin
+    table holds that sign, so rotating swaps the halves with a roll.
+    """
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float):
         super().__init__()
@@ -103,6 +118,7 @@ class Rotary(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)
         self.cos.copy_(angles.cos())
         self.sin.copy_(angles.sin())
+        self.sin[:, : self.head_dim // 2].neg_()  # rotate_half's sign
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q and k of positions start, start + 1, ... (start > 0 when decoding with a cache)."""
@@ -112,20 +128,23 @@ class Rotary(nn.Module):
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x.float() * cos + rotated.float() * sin).type_as(x)
+    h = x.float()
+    return (h * cos + h.roll(h.size(-1) // 2, dims=-1) * sin).type_as(x)  # x * cos + rotate_half(x) * sin
 
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
     B, T, _ = x.shape
+    if T == 1:  # one decoded token: the same tensor as the transposed view, without the transpose
+        return x.view(B, n_heads, 1, -1)
     return x.view(B, T, n_heads, -1).transpose(1, 2)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """[B, n_heads, T, head_dim] -> [B, T, n_heads * head_dim]."""
     B, H, T, D = y.shape
+    if T == 1:  # one decoded token: heads are already in order
+        return y.reshape(B, 1, H * D)
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
@@ -172,6 +191,7 @@ class KVCache:
     def __init__(self, config: Config, loops: int) -> None:
         self.max_seq_len, self.loops = config.max_seq_len, loops
         self.loops_used: list[int] = []  # per forward: the loops run before an early exit
+        self.loop_rows: dict[int, torch.Tensor] = {}  # loop r's embedding: the same for every token
         self.position = 0  # how many positions are cached: the next token's position
         self.prelude = [LayerKV(self.max_seq_len) for _ in range(config.prelude_layers)]
         self.anchor = LayerKV(self.max_seq_len)  # once per position, for every loop
@@ -186,6 +206,12 @@ class KVCache:
         start, self.position = self.position, self.position + new
         return start
 
+    def loop_row(self, r: int, loop_embedding: nn.Module) -> torch.Tensor:
+        """Loop r's embedding, computed at the first token and kept: it does not depend on the tokens."""
+        if r not in self.loop_rows:
+            self.loop_rows[r] = loop_embedding(r)
+        return self.loop_rows[r]
+
 
 class LatentSelfAttention(nn.Module):
     """CART's latent self-attention: full-rank Q; K and V up-projected from one shared latent; RoPE on Q and K."""
@@ -193,11 +219,11 @@ class LatentSelfAttention(nn.Module):
     def __init__(self, config: Config, kv_latent: int, rotary: Rotary):
         super().__init__()
         self.n_heads = config.n_heads
-        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.kv_down = nn.Linear(config.d_model, kv_latent, bias=False)
-        self.k_up = nn.Linear(kv_latent, config.d_model, bias=False)
-        self.v_up = nn.Linear(kv_latent, config.d_model, bias=False)
-        self.o_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.q_proj = Linear(config.d_model, config.d_model)
+        self.kv_down = Linear(config.d_model, kv_latent)
+        self.k_up = Linear(kv_latent, config.d_model)
+        self.v_up = Linear(kv_latent, config.d_model)
+        self.o_proj = Linear(config.d_model, config.d_model)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0) -> torch.Tensor:
@@ -218,8 +244,8 @@ class AnchorCrossAttention(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.n_heads = config.n_heads
-        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.o_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.q_proj = Linear(config.d_model, config.d_model)
+        self.o_proj = Linear(config.d_model, config.d_model)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = split_heads(self.q_proj(x), self.n_heads)
@@ -233,9 +259,9 @@ class AnchorKV(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.n_heads = config.n_heads
-        self.kv_down = nn.Linear(config.d_model, config.anchor_kv_latent, bias=False)
-        self.k_up = nn.Linear(config.anchor_kv_latent, config.d_model, bias=False)
-        self.v_up = nn.Linear(config.anchor_kv_latent, config.d_model, bias=False)
+        self.kv_down = Linear(config.d_model, config.anchor_kv_latent)
+        self.k_up = Linear(config.anchor_kv_latent, config.d_model)
+        self.v_up = Linear(config.anchor_kv_latent, config.d_model)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         latent = self.kv_down(x)
@@ -247,9 +273,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: Config):
         super().__init__()
-        self.gate_proj = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.up_proj = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.down_proj = nn.Linear(config.ffn_hidden, config.d_model, bias=False)
+        self.gate_proj = Linear(config.d_model, config.ffn_hidden)
+        self.up_proj = Linear(config.d_model, config.ffn_hidden)
+        self.down_proj = Linear(config.ffn_hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -348,7 +374,7 @@ class LoopEmbedding(nn.Module):
     def __init__(self, dim: int, max_loops: int, d_model: int):
         super().__init__()
         self.register_buffer("table", torch.empty(max_loops, dim), persistent=False)
-        self.proj = nn.Linear(dim, d_model, bias=False)
+        self.proj = Linear(dim, d_model)
 
     def reset_parameters(self) -> None:
         max_loops, dim = self.table.shape
@@ -431,6 +457,8 @@ class CartD512(nn.Module):
             raise ValueError(f"loops must be in 1..{self.config.max_loops} (table rows); got {loops}")
         if exit_threshold is not None and cache is None:
             raise ValueError("early exit decodes token by token: pass a cache")
+        if depths is not None and cache is not None:
+            raise ValueError("per-sequence depths are a training schedule: decode with one loop count")
         if grad_loops is not None and grad_loops < 1:
             raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)
@@ -446,7 +474,10 @@ class CartD512(nn.Module):
         for r, running, with_grad in loop_plan(loops, grad_loops, depths):
             with torch.set_grad_enabled(grad and with_grad):
                 h_prev = states[0]
-                h_in = self.state_mix(states) + self.loop_embedding(r)
+                r_embedding = (
+                    self.loop_embedding(r) if cache is None else cache.loop_row(r, self.loop_embedding)
+                )
+                h_in = self.state_mix(states) + r_embedding
                 if self.checkpoint_loops and torch.is_grad_enabled():
                     h = checkpoint(self.loop_step, h_in, k, v, use_reentrant=False)
                 else:

@@ -76,6 +76,18 @@ class Config:
         return self.n_heads
 
 
+class Linear(nn.Linear):
+    """A projection without a bias. Its forward reads only the weight: nn.Linear's also looks up
+    the absent bias, a failed attribute lookup (Python builds and drops an AttributeError) that
+    costs a third of a one-token matmul when decoding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm, computed in float32: x / rms(x) * weight."""
 
@@ -88,9 +100,8 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.type_as(x)
+        # x * rsqrt(mean(x^2) + eps) in one call, computed in float32 and cast back to x's dtype
+        return self.weight * F.rms_norm(x, (x.size(-1),), eps=self.eps)
 
 
 class Rotary(nn.Module):
@@ -128,12 +139,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
     B, T, _ = x.shape
+    if T == 1:  # one decoded token: the same tensor as the transposed view, without the transpose
+        return x.view(B, n_heads, 1, -1)
     return x.view(B, T, n_heads, -1).transpose(1, 2)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """[B, n_heads, T, head_dim] -> [B, T, n_heads * head_dim]."""
     B, H, T, D = y.shape
+    if T == 1:  # one decoded token: heads are already in order
+        return y.reshape(B, 1, H * D)
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
@@ -199,9 +214,9 @@ class FusedSelfAttentionQKBias(nn.Module):
         self.n_heads, self.kv_heads = config.n_heads, kv_heads
         q_width, kv_width = config.n_heads * config.head_dim, kv_heads * config.head_dim
         self.widths = [q_width, kv_width, kv_width]  # Q, K, V: the rows of qkv, in that order
-        self.qkv = nn.Linear(config.d_model, sum(self.widths), bias=False)
+        self.qkv = Linear(config.d_model, sum(self.widths))
         self.qk_bias = nn.Parameter(torch.empty(2, 1, config.n_heads, config.head_dim))  # Q's, then K's
-        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+        self.o_proj = Linear(config.n_heads * config.head_dim, config.d_model)
         self.rotary = rotary
 
     def reset_parameters(self) -> None:
@@ -224,8 +239,8 @@ class FusedSwiGLU(nn.Module):
 
     def __init__(self, config: Config):
         super().__init__()
-        self.gate_up = nn.Linear(config.d_model, 2 * config.ffn_hidden, bias=False)
-        self.down_proj = nn.Linear(config.ffn_hidden, config.d_model, bias=False)
+        self.gate_up = Linear(config.d_model, 2 * config.ffn_hidden)
+        self.down_proj = Linear(config.ffn_hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -307,7 +322,7 @@ class ConcatInject(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        self.adapter = nn.Linear(2 * d_model, d_model, bias=False)
+        self.adapter = Linear(2 * d_model, d_model)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return self.adapter(torch.cat([h, e], dim=-1))
@@ -413,6 +428,8 @@ class Huginn0125(nn.Module):
             raise ValueError(f"loops must be at least 1; got {loops}")
         if exit_threshold is not None:
             raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")
+        if depths is not None and cache is not None:
+            raise ValueError("per-sequence depths are a training schedule: decode with one loop count")
         if grad_loops is not None and grad_loops < 1:
             raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)

@@ -74,6 +74,18 @@ class Config:
         return self.n_heads
 
 
+class Linear(nn.Linear):
+    """A projection without a bias. Its forward reads only the weight: nn.Linear's also looks up
+    the absent bias, a failed attribute lookup (Python builds and drops an AttributeError) that
+    costs a third of a one-token matmul when decoding."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm, computed in float32: x / rms(x) * weight."""
 
@@ -86,9 +98,8 @@ class RMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.type_as(x)
+        # x * rsqrt(mean(x^2) + eps) in one call, computed in float32 and cast back to x's dtype
+        return self.weight * F.rms_norm(x, (x.size(-1),), eps=self.eps)
 
 
 class Rotary(nn.Module):
@@ -126,12 +137,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, T, n_heads * head_dim] -> [B, n_heads, T, head_dim]."""
     B, T, _ = x.shape
+    if T == 1:  # one decoded token: the same tensor as the transposed view, without the transpose
+        return x.view(B, n_heads, 1, -1)
     return x.view(B, T, n_heads, -1).transpose(1, 2)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """[B, n_heads, T, head_dim] -> [B, T, n_heads * head_dim]."""
     B, H, T, D = y.shape
+    if T == 1:  # one decoded token: heads are already in order
+        return y.reshape(B, 1, H * D)
     return y.transpose(1, 2).reshape(B, T, H * D)
 
 
@@ -195,13 +210,13 @@ class SelfAttentionQKNorm(nn.Module):
     def __init__(self, config: Config, kv_heads: int, rotary: Rotary, gate_channels: int = 0):
         super().__init__()
         self.n_heads, self.kv_heads = config.n_heads, kv_heads
-        self.q_proj = nn.Linear(config.d_model, config.n_heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.d_model, kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.d_model, kv_heads * config.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+        self.q_proj = Linear(config.d_model, config.n_heads * config.head_dim)
+        self.k_proj = Linear(config.d_model, kv_heads * config.head_dim)
+        self.v_proj = Linear(config.d_model, kv_heads * config.head_dim)
+        self.o_proj = Linear(config.n_heads * config.head_dim, config.d_model)
         self.rotary = rotary
         # a layer with a value embedding (gate_channels > 0): one gate per K/V head
-        self.value_gate = nn.Linear(gate_channels, kv_heads, bias=False) if gate_channels else None
+        self.value_gate = Linear(gate_channels, kv_heads) if gate_channels else None
 
     def forward(
         self, x: torch.Tensor, kv: LayerKV | None = None, start: int = 0, value: torch.Tensor | None = None
@@ -226,8 +241,8 @@ class ReLU2MLP(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.scale = config.ffn_scale
-        self.fc = nn.Linear(config.d_model, config.ffn_hidden, bias=False)
-        self.proj = nn.Linear(config.ffn_hidden, config.d_model, bias=False)
+        self.fc = Linear(config.d_model, config.ffn_hidden)
+        self.proj = Linear(config.ffn_hidden, config.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.relu(self.fc(x)).square() * self.scale)
@@ -414,7 +429,7 @@ class ParcaeXlarge(nn.Module):
         )
         self.core = CoreBlock(config, self.rotary, self.core_values.gates)  # one block, run by every loop
         self.inject = DiagonalInject(config.d_model)
-        self.readout = nn.Linear(config.d_model, config.d_model, bias=False)  # after the last loop
+        self.readout = Linear(config.d_model, config.d_model)  # after the last loop
         self.coda_values = ValueEmbeddings(
             config,
             config.coda_value_layers,
@@ -483,6 +498,8 @@ class ParcaeXlarge(nn.Module):
             raise ValueError(f"loops must be at least 1; got {loops}")
         if exit_threshold is not None:
             raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")
+        if depths is not None and cache is not None:
+            raise ValueError("per-sequence depths are a training schedule: decode with one loop count")
         if grad_loops is not None and grad_loops < 1:
             raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")
         start = 0 if cache is None else cache.advance(idx.size(1), loops)

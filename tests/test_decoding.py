@@ -99,6 +99,14 @@ def test_a_cache_refuses_another_loop_count_a_full_table_and_bidirectional_model
         build(bidirectional).new_cache()
 
 
+def test_decoding_refuses_per_sequence_depths(tmp_path):
+    """The cache keeps each loop's embedding by loop index: decoding runs one loop count for all."""
+    _, module = compile_variant(tmp_path, "cart", ())
+    model = build(module).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="per-sequence depths are a training schedule"):
+        model(torch.zeros(2, 3, dtype=torch.long), depths=torch.tensor([1, 2]), cache=model.new_cache())
+
+
 def cached_values(cache) -> int:
     """Keys and values a cache holds, over all its attention uses."""
     found = [cache]

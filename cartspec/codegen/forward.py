@@ -68,6 +68,7 @@ def _cache_context(arch: Architecture) -> dict:
         "lines": lines,
         "looped": core is not None,
         "anchor_once": anchor is not None and anchor.recompute == "never",
+        "loop_rows": core is not None and core.loop_embedding is not None,
         "decodable": arch.decodable,
     }
 
@@ -109,6 +110,8 @@ def _loop_checks(arch: Architecture) -> dict:
             '    raise ValueError("this model keeps keys per loop, so it cannot exit its loop early")',
         ]
     lines += [
+        "if depths is not None and cache is not None:",
+        '    raise ValueError("per-sequence depths are a training schedule: decode with one loop count")',
         "if grad_loops is not None and grad_loops < 1:",
         '    raise ValueError(f"grad_loops must be at least 1; got {grad_loops}")',
         "start = 0 if cache is None else cache.advance(idx.size(1), loops)",
@@ -174,7 +177,13 @@ def _loop_body(arch: Architecture, core: dict) -> dict:
         ]
     body = ["h_prev = states[0]" if c.state_mix is not None else "h_prev = h"]
     h_prev = "self.state_mix(states)" if c.state_mix is not None else "h"
-    h_in = f"{h_prev} + self.loop_embedding(r)" if c.loop_embedding is not None else h_prev
+    if c.loop_embedding is not None:
+        body += [  # decoding keeps each loop's embedding in the cache: it does not change from token to token
+            "r_embedding = (",
+            "    self.loop_embedding(r) if cache is None else cache.loop_row(r, self.loop_embedding)",
+            ")",
+        ]
+    h_in = f"{h_prev} + r_embedding" if c.loop_embedding is not None else h_prev
     if c.inject is not None:
         h_in = c.inject.read(h_in, "e")
     body.append(f"h_in = {h_in}")

@@ -133,7 +133,19 @@ def _context(arch: Architecture, graph: ModelGraph, sha256: str) -> dict:
 # Names every generated module may define at top level (besides the spec-dependent attention and
 # layer classes): the model class must shadow none of them.
 BUILDING_BLOCKS = frozenset(
-    {"Config", "F", "RMSNorm", "Rotary", "SwiGLU", "FusedSwiGLU", "MLP", "ReLU2MLP", "AnchorKV", "LTIGate"}
+    {
+        "Config",
+        "F",
+        "Linear",
+        "RMSNorm",
+        "Rotary",
+        "SwiGLU",
+        "FusedSwiGLU",
+        "MLP",
+        "ReLU2MLP",
+        "AnchorKV",
+        "LTIGate",
+    }
     | {"StateMix", "LoopEmbedding", "CoreBlock", "CoreLayer", "SandwichLayer", "ConcatInject", "InitialState"}
     | {"ValueEmbeddings", "DiagonalInject"}
 )

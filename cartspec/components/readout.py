@@ -26,4 +26,4 @@ class LinearReadout(Strict):
         return 2 * self.params(d_model) * seq_len
 
     def constructor(self) -> str:
-        return "nn.Linear(config.d_model, config.d_model, bias=False)"
+        return "Linear(config.d_model, config.d_model)"
