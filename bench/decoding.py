@@ -8,8 +8,8 @@ on what the model has learned.
 Each length is decoded --rounds times, cached and uncached in turn, so a burst of load on a
 shared machine falls on both. The table gives the best round (timeit's convention: the fastest
 run is the least disturbed one) and the median round, each with its speed-up. The cached step
-is latency-bound and suffers from load far more than the compute-bound uncached one, so the
-median speed-up is the figure a loaded machine gets.
+is latency-bound and suffers from load far more than the compute-bound uncached one: a median
+well below the best means the machine was busy during the run.
 
     python bench/decoding.py [--spec specs/tiny/cart_tiny.yaml] [--new 64,256,1024] [--rounds 5]
 """
