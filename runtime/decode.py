@@ -4,7 +4,8 @@ that can stop early, the mean number of loops each token used."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,32 @@ def pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+@contextmanager
+def plain_attributes(model: nn.Module) -> Iterator[None]:
+    """Each module's submodules, parameters and buffers as ordinary attributes, for a decode.
+
+    nn.Module keeps them in dicts of its own and finds them in ``__getattr__``, which Python
+    calls only after the ordinary lookup has failed and built an AttributeError: about 180 times
+    per token that cart_tiny decodes, a sixth of a cached step. Decoding does not change the
+    model, so for its length each entry is also put in its module's ``__dict__``, where the
+    ordinary lookup finds it first; the entries are taken out again at the end. A name the
+    module's class defines is left alone: there the class wins, as it does without this.
+    """
+    placed: list[tuple[nn.Module, str]] = []
+    try:
+        for module in model.modules():
+            own = module.__dict__
+            for entries in (module._parameters, module._buffers, module._modules):
+                for name, value in entries.items():
+                    if name not in own and not hasattr(type(module), name):
+                        own[name] = value
+                        placed.append((module, name))
+        yield
+    finally:
+        for module, name in placed:
+            del module.__dict__[name]
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all: decoding never trains
 def decode(
     model: nn.Module,
@@ -79,21 +106,22 @@ def decode(
     exit_early = {} if decoding.exit_threshold is None else {"exit_threshold": decoding.exit_threshold}
     ids, new = list(prompt), []
     cache, fed, used = None, 0, []  # the cache holds the keys of ids[:fed]
-    for _ in range(max_new_tokens):
-        context = ids[-window:]
-        if decoding.cache and (cache is None or len(ids) > window):  # start, or slide the window
-            cache, fed = model.new_cache(**loops), len(ids) - len(context)
-        step = ids[fed:] if decoding.cache else context
-        logits, _ = model(torch.tensor([step], device=device), cache=cache, **loops, **exit_early)
-        if cache is not None:
-            fed = len(ids)
-            used += cache.loops_used[-1:] if exit_early else []
-        token = pick(logits[0, -1, :vocab], sampling, generator)
-        if token == stop:
-            break
-        ids.append(token)
-        new.append(token)
-        on_token(token)
-        if until(new):
-            break
+    with plain_attributes(model):
+        for _ in range(max_new_tokens):
+            context = ids[-window:]
+            if decoding.cache and (cache is None or len(ids) > window):  # start, or slide the window
+                cache, fed = model.new_cache(**loops), len(ids) - len(context)
+            step = ids[fed:] if decoding.cache else context
+            logits, _ = model(torch.tensor([step], device=device), cache=cache, **loops, **exit_early)
+            if cache is not None:
+                fed = len(ids)
+                used += cache.loops_used[-1:] if exit_early else []
+            token = pick(logits[0, -1, :vocab], sampling, generator)
+            if token == stop:
+                break
+            ids.append(token)
+            new.append(token)
+            on_token(token)
+            if until(new):
+                break
     return Decoded(new, sum(used) / len(used) if used else None)

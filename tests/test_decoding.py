@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen_helpers import ROOT, SHIPPED, VARIANTS, build, compile_variant, randomize_
+from gen_helpers import ROOT, SHIPPED, VARIANTS, build, compile_variant, randomize_, shipped
 
 from cartspec.resolve import resolve
+from cartspec.runtime.decode import Decoding, Sampling, decode, plain_attributes
 
 # every shipped spec, shrunk to a width a CPU test decodes in milliseconds
 TINY = (
@@ -156,3 +157,49 @@ def test_a_prompt_fed_in_chunks_through_the_cache_gives_the_full_forward_logits(
         full, _ = model(idx)
         parts = [model(idx[:, a:b], cache=cache)[0] for a, b in ((0, 4), (4, 9), (9, 11))]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+def decode_cart_tiny(model, on_token) -> list[int]:
+    return decode(
+        model,
+        [1, 2, 3],
+        4,
+        window=model.config.max_seq_len,
+        vocab=model.config.vocab_size,
+        stop=None,
+        sampling=Sampling(temperature=0),
+        decoding=Decoding(),
+        on_token=on_token,
+    ).ids
+
+
+def test_decoding_finds_the_weights_as_plain_attributes_and_leaves_the_model_as_it_was():
+    """For the length of a decode the modules' entries sit in their __dict__ (no __getattr__);
+    afterwards, and after a decode that fails, the model is as before."""
+    _, _, module = shipped("specs/tiny/cart_tiny.yaml")
+    model = build(module).eval()
+    before = {name: dict(m.__dict__) for name, m in model.named_modules()}
+    seen = []
+    ids = decode_cart_tiny(model, lambda _: seen.append(model.core.attn.q_proj.__dict__.get("weight")))
+    assert len(ids) == 4 and all(w is model.core.attn.q_proj._parameters["weight"] for w in seen)
+    assert {name: dict(m.__dict__) for name, m in model.named_modules()} == before
+
+    def fail(_: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        decode_cart_tiny(model, fail)
+    assert {name: dict(m.__dict__) for name, m in model.named_modules()} == before
+
+
+def test_plain_attributes_leave_a_name_the_class_defines_to_the_class():
+    class Shadowed(torch.nn.Module):
+        def norm(self) -> str:
+            return "the method"
+
+    holder = Shadowed()
+    holder._modules["norm"] = torch.nn.Identity()  # behind add_module's back: the class's method wins
+    holder.register_buffer("scale", torch.ones(1))
+    with plain_attributes(holder):
+        assert holder.norm() == "the method" and holder.__dict__["scale"] is holder._buffers["scale"]
+    assert "scale" not in holder.__dict__
